@@ -1,0 +1,89 @@
+"""Wiring: build the store, the source, the Pipedrive client and the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy.engine import make_url
+
+from bookingsync.daemon.lock import SyncLock
+from bookingsync.engine.store import Store
+from bookingsync.engine.sync import Mode, SyncEngine, SyncReport
+from bookingsync.logs import redactor
+from bookingsync.models.db import open_engine
+from bookingsync.settings import Settings, state_directory
+from bookingsync.sinks.pipedrive import PipedriveClient
+from bookingsync.sources.vyte import VyteClient, VyteSource
+
+
+def lock_path(settings: Settings) -> Path:
+    """Return the lock file: beside a SQLite database, else in the state dir."""
+    url = make_url(settings.resolved_database_url())
+    if url.get_backend_name() == "sqlite" and url.database not in (
+        None,
+        "",
+        ":memory:",
+    ):
+        database = Path(str(url.database))
+        return database.with_name(database.name + ".lock")
+    return state_directory() / "bookingsync.lock"
+
+
+def open_store(settings: Settings) -> Store:
+    return Store(open_engine(settings.resolved_database_url()))
+
+
+@dataclass
+class App:
+    settings: Settings
+    store: Store
+    source: VyteSource
+    client: PipedriveClient
+    engine: SyncEngine
+    lock: SyncLock
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        vyte_transport: httpx.BaseTransport | None = None,
+        pipedrive_transport: httpx.BaseTransport | None = None,
+    ) -> App:
+        redactor.add(
+            [
+                settings.vyte_api_key.get_secret_value(),
+                settings.pipedrive_api_token.get_secret_value(),
+            ]
+        )
+        store = open_store(settings)
+        source = VyteSource(
+            settings, VyteClient.from_settings(settings, transport=vyte_transport)
+        )
+        client = PipedriveClient.from_settings(settings, transport=pipedrive_transport)
+        engine = SyncEngine(settings, source, client, store)
+        return cls(
+            settings, store, source, client, engine, SyncLock(lock_path(settings))
+        )
+
+    def sync(
+        self,
+        mode: Mode = Mode.POLL,
+        *,
+        dry_run: bool = False,
+        trigger: str = "manual",
+        wait_seconds: float = 0.0,
+    ) -> SyncReport:
+        """Run one pass under the sync lock; raises ``LockBusy`` when held."""
+        self.lock.acquire(wait_seconds)
+        try:
+            return self.engine.run(mode, dry_run=dry_run, trigger=trigger)
+        finally:
+            self.lock.release()
+
+    def close(self) -> None:
+        self.source.close()
+        self.client.close()
+        self.store.engine.dispose()

@@ -1,0 +1,230 @@
+"""The ``bookingsync`` command line.
+
+Exit statuses: 0 success; 1 some bookings failed and are kept for retry;
+2 configuration or usage error; 3 another sync holds the lock; 4 the run
+stopped early (credentials rejected, daily budget spent, source unreachable).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from loguru import logger
+
+from bookingsync.errors import ApiError, ConfigurationError, LockBusy
+from bookingsync.logs import configure_logging
+from bookingsync.settings import LogFormat, Settings, load_settings
+
+EXIT_OK = 0
+EXIT_FAILED_BOOKINGS = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_STOPPED = 4
+
+
+class Context:
+    def __init__(
+        self, config: Path | None, log_level: str | None, log_format: str | None
+    ):
+        self.config = config
+        self.log_level = log_level
+        self.log_format = log_format
+
+    def settings(self) -> Settings:
+        overrides: dict[str, Any] = {}
+        if self.log_level:
+            overrides["log_level"] = self.log_level
+        if self.log_format:
+            overrides["log_format"] = self.log_format
+        try:
+            settings = load_settings(self.config, **overrides)
+        except ConfigurationError as exc:
+            click.echo(f"bookingsync: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        configure_logging(settings.log_level, settings.log_format is LogFormat.JSON)
+        return settings
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML settings file [default: /etc/bookingsync/bookingsync.toml if present].",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default=None,
+    help="Log level [default: INFO, or BOOKINGSYNC_LOG_LEVEL].",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log line format; json suits log shippers [default: text].",
+)
+@click.version_option(package_name="bookingsync")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    config: Path | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Sync bookings from Vyte into Pipedrive CRM."""
+    configure_logging("INFO")
+    ctx.obj = Context(config, log_level, log_format)
+
+
+@main.command()
+@pass_context
+def run(context: Context) -> None:
+    """Run the daemon: poll on a schedule until SIGTERM or SIGINT.
+
+    SIGUSR1 runs a sync now. A full rescan runs every
+    BOOKINGSYNC_FULL_RESCAN_INTERVAL seconds.
+    """
+    from bookingsync.daemon.service import Daemon
+
+    settings = context.settings()
+    app = _build_app(settings)
+    sys.exit(Daemon(app).run())
+
+
+@main.command()
+@click.option(
+    "--full", is_flag=True, help="Re-read every event instead of only changed ones."
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print the plan; write nothing to Pipedrive."
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for a sync already in progress before giving up (exit 3).",
+)
+@pass_context
+def sync(context: Context, full: bool, dry_run: bool, wait: float) -> None:
+    """Run one sync pass now, then exit.
+
+    Only one sync runs at a time: when the daemon or another `sync` is in
+    progress, this waits up to --wait seconds, then exits with status 3.
+    Exit status 0 when every booking applied, 1 when some failed and are
+    kept for retry, 2 on a configuration error, 4 when the run stopped early.
+    """
+    from bookingsync.engine.sync import Mode
+
+    settings = context.settings()
+    app = _build_app(settings)
+    mode = Mode.FULL if full else Mode.POLL
+    try:
+        report = app.sync(mode, dry_run=dry_run, trigger="cli", wait_seconds=wait)
+    except LockBusy as exc:
+        click.echo(f"bookingsync: {exc}; try again later or pass --wait", err=True)
+        sys.exit(EXIT_LOCKED)
+    finally:
+        app.close()
+    if dry_run:
+        _print_plan(report.actions)
+    for key, problem in report.failed.items():
+        click.echo(f"failed: {key}: {problem}", err=True)
+    if report.stopped:
+        click.echo(f"bookingsync: run stopped: {report.stopped}", err=True)
+        sys.exit(EXIT_STOPPED)
+    sys.exit(EXIT_FAILED_BOOKINGS if report.failed else EXIT_OK)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@pass_context
+def status(context: Context, as_json: bool) -> None:
+    """Show the last runs, their counts and the bookings that are failing."""
+    from bookingsync.app import open_store
+    from bookingsync.status import collect_status, render_status
+
+    settings = context.settings()
+    try:
+        store = open_store(settings)
+    except ConfigurationError as exc:
+        click.echo(f"bookingsync: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    data = collect_status(store)
+    click.echo(json.dumps(data, indent=2) if as_json else render_status(data))
+
+
+@main.command()
+@pass_context
+def check(context: Context) -> None:
+    """Validate the settings and reach both APIs."""
+    from bookingsync.sinks.pipedrive import PipedriveClient
+    from bookingsync.sources.vyte import VyteClient
+
+    settings = context.settings()
+    click.echo("settings: ok")
+    failures = 0
+    vyte = VyteClient.from_settings(settings)
+    failures += _probe("Vyte", lambda: vyte.request("GET", "/v2/auth/test"), "name")
+    pipedrive = PipedriveClient.from_settings(settings)
+    failures += _probe("Pipedrive", pipedrive.me, "email")
+    vyte.close()
+    pipedrive.close()
+    click.echo("verdict: " + ("ready to sync" if not failures else "NOT ready"))
+    sys.exit(EXIT_STOPPED if failures else EXIT_OK)
+
+
+@main.command()
+@click.option(
+    "--keep-running",
+    is_flag=True,
+    help="Leave the emulators running after the demo, until Ctrl-C.",
+)
+def demo(keep_running: bool) -> None:
+    """Run the sync on the built-in sandbox: no credentials, no network."""
+    from bookingsync.sandbox.demo import run_demo
+
+    sys.exit(run_demo(keep_running=keep_running))
+
+
+def _build_app(settings: Settings) -> Any:
+    from bookingsync.app import App
+
+    try:
+        return App.build(settings)
+    except ConfigurationError as exc:
+        click.echo(f"bookingsync: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _probe(name: str, call: Any, field: str) -> int:
+    try:
+        result = call()
+    except ApiError as exc:
+        click.echo(f"{name}: FAILED: {exc}")
+        return 1
+    shown = result.get(field) if isinstance(result, dict) else None
+    click.echo(f"{name}: ok" + (f" ({shown})" if shown else ""))
+    return 0
+
+
+def _print_plan(actions: list[Any]) -> None:
+    if not actions:
+        click.echo("plan: nothing to do")
+        return
+    click.echo(f"plan: {len(actions)} change(s), nothing written (dry run)")
+    for action in actions:
+        click.echo("  " + action.describe())
+
+
+if __name__ == "__main__":
+    logger.remove()
+    main()

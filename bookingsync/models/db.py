@@ -1,0 +1,95 @@
+"""Opening the state database: engine, SQLite pragmas, schema version.
+
+Nothing here is SQLite-only except the connection pragmas, which are applied
+only when the URL names SQLite; any SQLAlchemy URL works.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from bookingsync.errors import ConfigurationError
+from bookingsync.models.state import SCHEMA_VERSION, Meta
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def open_engine(url: str) -> Engine:
+    """Create the engine, prepare a SQLite file, and migrate the schema.
+
+    Raises ``ConfigurationError`` for a database written by a newer version.
+    """
+    parsed = make_url(url)
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    if is_sqlite and parsed.database not in (None, "", ":memory:"):
+        _prepare_sqlite_file(Path(parsed.database))
+
+    connect_args: dict[str, Any] = {}
+    if is_sqlite:
+        # Transactions are begun explicitly (see _begin_immediate).
+        connect_args = {"isolation_level": None, "check_same_thread": False}
+    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    if is_sqlite:
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _begin_immediate)
+
+    migrate(engine)
+    return engine
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the database directory and file readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    old_umask = os.umask(0o077)
+    try:
+        path.touch(exist_ok=True)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # FULL: each commit records a Pipedrive side effect (an id we created), so
+    # a commit must survive a power loss, not only a process crash. Writes are
+    # a few per booking, so the extra fsync costs nothing noticeable.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+def _begin_immediate(connection: Any) -> None:
+    # BEGIN IMMEDIATE takes the write lock up front, so busy_timeout applies
+    # instead of a deferred transaction failing at once when it starts writing.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def migrate(engine: Engine) -> None:
+    """Create missing tables and record the schema version.
+
+    Raises ``ConfigurationError`` when the database is newer than this code.
+    """
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as session:
+        row = session.exec(select(Meta).where(Meta.key == "schema_version")).first()
+        if row is None:
+            session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            session.commit()
+            return
+        found = int(row.value)
+    if found > SCHEMA_VERSION:
+        raise ConfigurationError(
+            [
+                f"the state database has schema version {found}, newer than "
+                f"this bookingsync supports ({SCHEMA_VERSION}): upgrade "
+                "bookingsync or point BOOKINGSYNC_DATABASE_URL at another database"
+            ]
+        )

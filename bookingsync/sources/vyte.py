@@ -1,0 +1,411 @@
+"""Vyte v2 source: list events, normalize each into a ``Booking``.
+
+Vyte has no "changed since" filter and no pagination, so every poll lists the
+organization's events with an explicit ``limit`` and the engine diffs them
+against the snapshot. A page that comes back full may be truncated; the
+listing is then split per host with ``creator_users``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import httpx
+from loguru import logger
+
+from bookingsync.errors import InvalidBooking, NotFound
+from bookingsync.http import ApiClient, build_timeout
+from bookingsync.models.booking import Booking, Invitee
+from bookingsync.settings import Settings
+from bookingsync.sources.base import Cancelled, Invalid, Listing, Skipped
+
+SOURCE_NAME = "vyte"
+
+# The booker's company is not in Vyte's documented Event object. Booking pages
+# can ask for it, so read it from this invitee key when it is present.
+INVITEE_COMPANY_KEY = "company"
+
+EMAIL_PATTERN = re.compile(
+    r"^[^@\s<>(),;:\"\[\]]+@[^@\s<>(),;:\"\[\]]+\.[^@\s<>(),;:\"\[\]]+$"
+)
+URL_PATTERN = re.compile(r"^https?://\S+$", re.IGNORECASE)
+
+
+class VyteClient(ApiClient):
+    service = "Vyte"
+    credential = "BOOKINGSYNC_VYTE_API_KEY"
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, transport: httpx.BaseTransport | None = None
+    ) -> VyteClient:
+        timeout = build_timeout(
+            settings.http_connect_timeout,
+            settings.http_read_timeout,
+            settings.http_write_timeout,
+            settings.http_pool_timeout,
+        )
+        # Vyte expects the raw key in Authorization, without a "Bearer " prefix.
+        headers = {
+            "Authorization": settings.vyte_api_key.get_secret_value(),
+            "Accept": "application/json",
+            "User-Agent": "bookingsync",
+        }
+        return cls(settings.vyte_base_url, headers, timeout, transport=transport)
+
+
+def change_marker(raw: dict[str, Any]) -> str:
+    """Return the cheap change hint of a raw event: its timestamps and counters."""
+    parts = (raw.get(key) for key in ("updatedAt", "version", "__v", "ics_sequence"))
+    return "|".join("" if part is None else str(part) for part in parts)
+
+
+class VyteSource:
+    """Read bookings from Vyte's v2 API."""
+
+    name = SOURCE_NAME
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: VyteClient | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.client = client or VyteClient.from_settings(settings)
+        self.now = now
+
+    def close(self) -> None:
+        self.client.close()
+
+    def list_bookings(self, known_updates: dict[str, str | None]) -> Listing:
+        raw_events, complete_hosts, complete = self._list_raw_events()
+        listing = Listing(complete=complete, complete_hosts=complete_hosts)
+        for raw in raw_events:
+            event_id = raw.get("_id") if isinstance(raw, dict) else None
+            if (
+                isinstance(event_id, str)
+                and event_id in known_updates
+                and known_updates[event_id] == change_marker(raw)
+            ):
+                listing.unchanged_ids.add(event_id)
+                continue
+            _add_parsed(listing, self.parse(raw))
+        return listing
+
+    def fetch_booking(
+        self, booking_id: str
+    ) -> Booking | Cancelled | Skipped | Invalid | None:
+        try:
+            raw = self.client.request("GET", f"/v2/events/{booking_id}")
+        except NotFound:
+            return None
+        return self.parse(raw)
+
+    def parse(self, raw: Any) -> Booking | Cancelled | Skipped | Invalid:
+        """Normalize one raw event, or say why it is skipped or invalid."""
+        event_id = raw.get("_id") if isinstance(raw, dict) else None
+        try:
+            return parse_event(raw, self.settings, self.now())
+        except InvalidBooking as exc:
+            return Invalid(exc.booking_id, exc.problem)
+        except SkipEvent as exc:
+            return Skipped(str(event_id), exc.reason)
+
+    def _list_raw_events(self) -> tuple[list[Any], set[str] | None, bool]:
+        limit = self.settings.vyte_page_limit
+        events = self._list_page({"limit": str(limit)})
+        if len(events) < limit:
+            return events, None, True
+
+        logger.info(
+            "Vyte returned a full page of {limit} events; listing per host", limit=limit
+        )
+        users = self.client.request("GET", "/v2/users")
+        by_id = {e["_id"]: e for e in events if isinstance(e, dict) and "_id" in e}
+        complete_hosts: set[str] = set()
+        for user in users if isinstance(users, list) else []:
+            user_id = user.get("_id") if isinstance(user, dict) else None
+            if not isinstance(user_id, str):
+                continue
+            page = self._list_page({"limit": str(limit), "creator_users": user_id})
+            by_id.update(
+                (e["_id"], e) for e in page if isinstance(e, dict) and "_id" in e
+            )
+            if len(page) < limit:
+                complete_hosts.add(user_id)
+            else:
+                logger.warning(
+                    "Vyte listing for host {host} is still full at {limit} events; "
+                    "events of this host are not checked for cancellation. Raise "
+                    "BOOKINGSYNC_VYTE_PAGE_LIMIT",
+                    host=user_id,
+                    limit=limit,
+                )
+        return list(by_id.values()), complete_hosts, False
+
+    def _list_page(self, params: dict[str, str]) -> list[Any]:
+        payload = self.client.request("GET", "/v2/events", params=params)
+        if not isinstance(payload, list):
+            raise InvalidBooking(
+                None, f"GET /v2/events returned {type(payload).__name__}, not a list"
+            )
+        return payload
+
+
+def _add_parsed(
+    listing: Listing, parsed: Booking | Cancelled | Skipped | Invalid
+) -> None:
+    if isinstance(parsed, Booking):
+        listing.bookings.append(parsed)
+    elif isinstance(parsed, Cancelled):
+        listing.cancelled.append(parsed)
+    elif isinstance(parsed, Skipped):
+        listing.skipped.append(parsed)
+    else:
+        listing.invalid.append(parsed)
+
+
+class SkipEvent(Exception):
+    """An event that is deliberately not synced, with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def parse_event(raw: Any, settings: Settings, now: datetime) -> Booking | Cancelled:
+    """Normalize a raw Vyte event.
+
+    Raises ``InvalidBooking`` for an event that cannot be read and
+    ``SkipEvent`` for one that is deliberately not synced.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidBooking(None, f"event is a {type(raw).__name__}, not an object")
+    event_id = raw.get("_id")
+    if not isinstance(event_id, str) or not event_id.strip():
+        title = raw.get("title")
+        raise InvalidBooking(None, f"event titled {title!r} has no _id")
+    parser = _EventParser(event_id, raw, settings, now)
+    cancelled_at = parser.timestamp(raw.get("cancelled"), "cancelled")
+    if cancelled_at is not None:
+        return Cancelled(event_id, cancelled_at)
+    return parser.booking()
+
+
+class _EventParser:
+    def __init__(
+        self, event_id: str, raw: dict[str, Any], settings: Settings, now: datetime
+    ) -> None:
+        self.event_id = event_id
+        self.raw = raw
+        self.settings = settings
+        self.now = now
+
+    def fail(self, problem: str) -> InvalidBooking:
+        return InvalidBooking(self.event_id, problem)
+
+    def booking(self) -> Booking:
+        if not self.settings.include_all_events and self.raw.get("vyteme") is not True:
+            raise SkipEvent(
+                "not booked through a booking page (vyteme is not true); "
+                "set BOOKINGSYNC_INCLUDE_ALL_EVENTS=true to sync every event"
+            )
+        confirmed = self.mapping("confirmed")
+        if confirmed.get("flag") is not True:
+            raise SkipEvent("not confirmed")
+
+        start, end, all_day = self.slot(confirmed)
+        if end < self.now - timedelta(days=self.settings.lookback_days):
+            raise SkipEvent(
+                f"ended on {end:%Y-%m-%d}, before the lookback window of "
+                f"{self.settings.lookback_days} days (BOOKINGSYNC_LOOKBACK_DAYS)"
+            )
+        host = self.mapping("created_by")
+        host_email = normalize_email(host.get("email"))
+        timezone = self.timezone()
+        location, location_url = self.place(confirmed)
+        return Booking(
+            source=SOURCE_NAME,
+            booking_id=self.event_id,
+            title=self.text("title") or "(untitled)",
+            timezone=timezone,
+            start=start,
+            end=end,
+            all_day=all_day,
+            local_date=local_date(start, timezone) if all_day else None,
+            location=location,
+            location_url=location_url,
+            host_email=host_email,
+            host_name=_optional_text(host.get("full_name")),
+            host_user_id=_optional_text(host.get("user")),
+            invitees=self.invitees(host_email, _optional_text(host.get("user"))),
+            message=self.booker_message(host_email),
+            source_updated_at=change_marker(self.raw),
+        )
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self.raw.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(f"{key} is a {type(value).__name__}, expected an object")
+        return value
+
+    def items(self, key: str) -> list[dict[str, Any]]:
+        value = self.raw.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(f"{key} is a {type(value).__name__}, expected a list")
+        return [item for item in value if isinstance(item, dict)]
+
+    def text(self, key: str) -> str | None:
+        value = self.raw.get(key)
+        if value is not None and not isinstance(value, str):
+            raise self.fail(f"{key} is a {type(value).__name__}, expected a string")
+        return value
+
+    def timestamp(self, value: Any, label: str) -> datetime | None:
+        if value is None or value is False:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(f"{label} {value!r} is not an ISO 8601 timestamp")
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise self.fail(f"{label} {value!r} is not an ISO 8601 timestamp") from None
+        if parsed.tzinfo is None:
+            raise self.fail(f"{label} {value!r} has no UTC offset")
+        return parsed.astimezone(UTC)
+
+    def slot(self, confirmed: dict[str, Any]) -> tuple[datetime, datetime, bool]:
+        date_id = confirmed.get("date_id")
+        if not date_id:
+            raise self.fail("is confirmed but has no confirmed.date_id")
+        slot = next((d for d in self.items("dates") if d.get("_id") == date_id), None)
+        if slot is None:
+            raise self.fail(f"confirmed.date_id {date_id!r} matches no entry in dates")
+        start = self.timestamp(slot.get("date"), "dates[].date")
+        end = self.timestamp(slot.get("end_date"), "dates[].end_date") or start
+        if start is None or end is None:
+            raise self.fail(f"confirmed slot {date_id!r} has no start date")
+        if end < start:
+            raise self.fail(
+                f"confirmed slot ends ({end.isoformat()}) before it starts "
+                f"({start.isoformat()})"
+            )
+        return start, end, slot.get("all_day") is True
+
+    def timezone(self) -> str:
+        name = self.text("timezone") or "UTC"
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            logger.warning(
+                "Event {booking_id} has unknown time zone {timezone!r}; using UTC",
+                booking_id=self.event_id,
+                timezone=name,
+            )
+            return "UTC"
+        return name
+
+    def place(self, confirmed: dict[str, Any]) -> tuple[str | None, str | None]:
+        place_id = confirmed.get("place_id")
+        place = next(
+            (p for p in self.items("places") if place_id and p.get("_id") == place_id),
+            None,
+        )
+        if place is None:
+            return None, None
+        name = _optional_text(place.get("name"))
+        address = _optional_text(place.get("address"))
+        if address and URL_PATTERN.match(address):
+            return address, address
+        if name and address and name != address:
+            return f"{name}, {address}", None
+        return address or name, None
+
+    def invitees(
+        self, host_email: str | None, host_user: str | None
+    ) -> tuple[Invitee, ...]:
+        internal = set(self.settings.internal_domains)
+        found: dict[str, Invitee] = {}
+        rejected: list[str] = []
+        for item in self.items("invitees"):
+            raw_email = item.get("email")
+            email = normalize_email(raw_email)
+            if (host_user and item.get("user") == host_user) or (
+                email and email == host_email
+            ):
+                continue
+            if email is None:
+                rejected.append(repr(raw_email))
+                continue
+            if email.rsplit("@", 1)[1] in internal or email in found:
+                continue
+            found[email] = Invitee(
+                email=email,
+                name=_exact_name(item.get("full_name")),
+                phone=_optional_text(item.get("phone")),
+                company=_optional_text(item.get(INVITEE_COMPANY_KEY)),
+            )
+        if not found and rejected:
+            raise self.fail(
+                f"invitee email {rejected[0]} is missing or invalid; fix it in Vyte"
+            )
+        if not found:
+            raise SkipEvent("has no invitee other than the organizer")
+        if rejected:
+            logger.warning(
+                "Event {booking_id}: ignored invitees with invalid emails {emails}",
+                booking_id=self.event_id,
+                emails=", ".join(rejected),
+            )
+        return tuple(found.values())
+
+    def booker_message(self, host_email: str | None) -> str | None:
+        bodies = []
+        for message in self.items("messages"):
+            author = normalize_email(message.get("from"))
+            body = message.get("body")
+            if isinstance(body, str) and body.strip() and author != host_email:
+                bodies.append(body.strip())
+        return "\n\n".join(bodies) or None
+
+
+def normalize_email(value: Any) -> str | None:
+    """Return the trimmed, lower-cased email, or None when it is not valid."""
+    if not isinstance(value, str):
+        return None
+    email = value.strip().lower()
+    return email if EMAIL_PATTERN.match(email) else None
+
+
+def _exact_name(value: Any) -> str | None:
+    """Return a name exactly as given; Pipedrive derives first and last name."""
+    if isinstance(value, str) and value.strip():
+        return value
+    return None
+
+
+def _optional_text(value: Any) -> str | None:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def local_date(start: datetime, timezone: str) -> str:
+    """Return the calendar date of an all-day slot.
+
+    NOTE: Vyte does not document how all-day slots are encoded. A start at
+    exactly midnight UTC is read as a UTC date; any other start is a local
+    midnight and is converted to the event's time zone.
+    """
+    if (start.hour, start.minute, start.second) == (0, 0, 0):
+        return start.date().isoformat()
+    return start.astimezone(ZoneInfo(timezone)).date().isoformat()
