@@ -113,7 +113,7 @@ def test_auth_missing_header_rejected(client: httpx.Client) -> None:
 
 
 def test_auth_bearer_prefix_rejected(client: httpx.Client) -> None:
-    """The key must be sent raw: a Bearer prefix is 401."""
+    """A key sent with a Bearer prefix is 401."""
     response = client.get(
         "/v2/auth/test", headers={"Authorization": f"Bearer {API_KEY}"}
     )
@@ -385,10 +385,10 @@ def test_cancelled_event_excluded_from_list(
     emulator: VyteEmulator, client: httpx.Client
 ) -> None:
     """A cancelled event leaves the unfiltered listing."""
-    kept = emulator.add_event(make_event())
+    active = emulator.add_event(make_event())
     cancelled = emulator.add_event(make_event())
     emulator.cancel(cancelled)
-    assert listed_ids(client) == [kept]
+    assert listed_ids(client) == [active]
 
 
 def test_cancelled_event_retrievable_by_id(
@@ -599,7 +599,7 @@ SAMPLE_CREATE_BODY = {
 def test_create_event_converts_naive_local_time(
     emulator: VyteEmulator, client: httpx.Client
 ) -> None:
-    """Naive times are Europe/Paris wall-clock time; offsets are honoured."""
+    """Naive times are read in Europe/Paris and explicit offsets are kept."""
     emulator.add_user("Jean Dupont", "creator@example.com")
     response = client.post("/v2/events", json=SAMPLE_CREATE_BODY)
     dates = response.json()["dates"]
@@ -637,6 +637,35 @@ def test_create_event_organizer_defaults_to_first_user(
     assert event["created_by"]["user"] == first
     assert event["invitees"][1]["email"] == "jane.roe@acme.example"
     assert event["invitees_length"] == 2
+
+
+def test_create_event_confirmed_flag_confirms(
+    emulator: VyteEmulator, client: httpx.Client
+) -> None:
+    """confirmed.flag in the body confirms the only date and place."""
+    emulator.add_user("Jean Dupont", "creator@example.com")
+    body = {
+        "title": "Intro call",
+        "dates": [{"date": "2025-06-10T10:00:00", "end_date": "2025-06-10T10:30:00"}],
+        "places": [{"name": "Phone", "address": "+33 1 23 45 67 89"}],
+        "confirmed": {"flag": True},
+        "vyteme": True,
+    }
+    event = client.post("/v2/events", json=body).json()
+    assert event["confirmed"]["flag"] is True
+    assert event["confirmed"]["date_id"] == event["dates"][0]["_id"]
+    assert event["confirmed"]["place_id"] == event["places"][0]["_id"]
+    assert event["vyteme"] is True
+
+
+def test_create_event_confirmed_needs_one_date(
+    emulator: VyteEmulator, client: httpx.Client
+) -> None:
+    """A confirmed create with several dates is 400, since none is chosen."""
+    emulator.add_user("Jean Dupont", "creator@example.com")
+    body = {**SAMPLE_CREATE_BODY, "confirmed": {"flag": True}}
+    response = client.post("/v2/events", json=body)
+    assert response.status_code == 400
 
 
 @pytest.mark.parametrize(
@@ -703,6 +732,15 @@ def test_update_event_replacing_dates_unconfirms(
     assert event["confirmed"]["flag"] is False
 
 
+def test_update_event_unknown_field_rejected(
+    emulator: VyteEmulator, client: httpx.Client
+) -> None:
+    """PUT accepts only title, dates and places."""
+    event_id = emulator.add_event(make_event())
+    response = client.put(f"/v2/events/{event_id}", json={"timezone": "UTC"})
+    assert response.status_code == 400
+
+
 def test_confirm_event_with_date_and_place(
     emulator: VyteEmulator, client: httpx.Client
 ) -> None:
@@ -744,7 +782,7 @@ def test_confirm_event_unknown_date_rejected(
 
 
 def test_cancel_event_returns_ok(emulator: VyteEmulator, client: httpx.Client) -> None:
-    """POST cancel answers plain-text OK and marks the event cancelled."""
+    """POST cancel returns plain-text OK and marks the event cancelled."""
     event_id = emulator.add_event(make_event())
     response = client.post(f"/v2/events/{event_id}/cancel")
     assert response.status_code == 200
@@ -768,6 +806,16 @@ def test_unknown_route_not_found(client: httpx.Client) -> None:
     """An undocumented path or method is 404."""
     assert client.get("/v2/bookings").status_code == 404
     assert client.delete(f"/v2/events/{new_object_id()}").status_code == 404
+
+
+def test_broken_stored_event_returns_server_error(
+    emulator: VyteEmulator, client: httpx.Client
+) -> None:
+    """An emulator failure on a request returns 500, not a dropped connection."""
+    event_id = emulator.add_event(make_event())
+    emulator.events[event_id]["dates"][0]["end_date"] = "not a timestamp"
+    response = client.get("/v2/events", params={"filter": "upcoming"})
+    assert response.status_code == 500
 
 
 # Fault injection
@@ -815,7 +863,7 @@ def test_truncate_next_breaks_json(
 def test_non_json_next_returns_html(
     emulator: VyteEmulator, client: httpx.Client
 ) -> None:
-    """non_json_next answers one request with an HTML page and status 200."""
+    """non_json_next serves one HTML page with status 200."""
     emulator.non_json_next()
     response = client.get("/v2/events")
     assert response.status_code == 200

@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from loguru import logger
+
 from bookingsync.sandbox.server import Request, Response
 from bookingsync.sandbox.vyte_events import (
     JsonObject,
@@ -99,13 +101,15 @@ class _Fault:
 
 
 class VyteEmulator:
-    """An in-memory Vyte organization that answers Vyte v2 API requests.
+    """An in-memory Vyte organization served through the Vyte v2 API.
 
     ``default_limit`` applies when ``GET /v2/events`` has no ``limit``.
     ``max_limit`` caps every listing without telling the client, since Vyte
     documents no maximum. With ``list_cancelled=False`` cancelled events are
     left out of every listing except ``filter=future``, although
-    ``GET /v2/events/:id`` still returns them. With ``bump_updated_at=False``
+    ``GET /v2/events/:id`` still returns them. With ``list_cancelled=True``
+    they appear in every listing except ``filter=upcoming``.
+    With ``bump_updated_at=False``
     edits leave ``updatedAt``, ``version``, ``__v`` and ``ics_sequence`` alone.
     All methods are thread-safe.
     """
@@ -184,7 +188,7 @@ class VyteEmulator:
     # Scenario methods: changes a Vyte user would make in the web app
 
     def add_event(self, event: JsonObject) -> str:
-        """Store a copy of ``event``, such as ``build_event`` output; return its id."""
+        """Store a deep copy of ``event`` and return its ``_id``."""
         event_id = event.get("_id")
         if not isinstance(event_id, str) or not is_object_id(event_id):
             raise ValueError(f"event _id {event_id!r} is not 24 lowercase hex digits")
@@ -197,8 +201,9 @@ class VyteEmulator:
     def reschedule(self, event_id: str, start: datetime, end: datetime) -> None:
         """Move the confirmed slot to ``start``-``end`` and keep the event confirmed.
 
-        Like editing and reconfirming in Vyte, this appends a new ``dates``
-        entry and points ``confirmed.date_id`` at it. The old entry stays.
+        This models an edit and reconfirmation in Vyte's web app: it appends a
+        new ``dates`` entry and points ``confirmed.date_id`` at it, keeping the
+        old entry. Vyte does not document whether it edits the entry in place.
         """
         with self._lock:
             event = self._stored_event(event_id)
@@ -240,7 +245,7 @@ class VyteEmulator:
             self._touch(event, calendar_change=True)
 
     def cancel(self, event_id: str) -> None:
-        """Cancel the event: set the top-level ``cancelled`` timestamp."""
+        """Cancel the event by setting its top-level ``cancelled`` timestamp."""
         with self._lock:
             self._cancel(self._stored_event(event_id))
 
@@ -275,7 +280,7 @@ class VyteEmulator:
     # Fault injection
 
     def fail_next(self, status: int, count: int = 1) -> None:
-        """Answer the next ``count`` requests with ``status`` without running them."""
+        """Fail the next ``count`` requests with ``status`` without running them."""
         if not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error (400-599), got {status}")
         if count < 1:
@@ -289,9 +294,9 @@ class VyteEmulator:
             self._faults.append(_Fault("truncate"))
 
     def non_json_next(self) -> None:
-        """Answer the next request with an HTML page and status 200, without running it.
+        """Serve an HTML page with status 200 to the next request, without running it.
 
-        This is what a proxy or maintenance page in front of the API returns.
+        A proxy or maintenance page in front of the API behaves this way.
         """
         with self._lock:
             self._faults.append(_Fault("html"))
@@ -299,22 +304,47 @@ class VyteEmulator:
     # HTTP
 
     def handle(self, request: Request) -> Response:
-        """Answer one HTTP request, applying the next queued fault first."""
+        """Route one HTTP request to its endpoint after applying the next fault."""
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
+            if fault is not None:
+                logger.debug(
+                    "Vyte emulator injects {kind} fault into {method} {path}",
+                    kind=fault.kind,
+                    method=request.method,
+                    path=request.path,
+                )
             if fault is not None and fault.kind == "status":
                 return _error(fault.status, f"injected failure {fault.status}")
             if fault is not None and fault.kind == "html":
                 headers = {"Content-Type": "text/html; charset=utf-8"}
                 return Response(200, _HTML_PAGE, headers)
 
-            try:
-                response = self._dispatch(request)
-            except _ApiError as error:
-                response = _error(error.status, error.message)
+            response = self._serve(request)
             if fault is not None:
                 response.body = response.body[: len(response.body) // 2]
             return response
+
+    def _serve(self, request: Request) -> Response:
+        try:
+            return self._dispatch(request)
+        except _ApiError as error:
+            logger.debug(
+                "Vyte emulator rejected {method} {path} with {status}: {message}",
+                method=request.method,
+                path=request.path,
+                status=error.status,
+                message=error.message,
+            )
+            return _error(error.status, error.message)
+        except Exception:
+            # An emulator bug returns 500 instead of dropping the connection.
+            logger.exception(
+                "Vyte emulator failed on {method} {path}",
+                method=request.method,
+                path=request.path,
+            )
+            return _error(500, "internal error in the Vyte emulator")
 
     def _dispatch(self, request: Request) -> Response:
         self._authenticate(request)
@@ -382,7 +412,7 @@ class VyteEmulator:
         else:
             # Strict: 0 is rejected too, because MongoDB reads limit 0 as
             # "no limit" and a client should not depend on that.
-            raise _ApiError(400, f"invalid limit {text!r}; send a positive integer")
+            raise _ApiError(400, f"invalid limit {text!r}, expected a positive integer")
         if self.max_limit is not None:
             limit = min(limit, self.max_limit)
         return limit
@@ -418,7 +448,8 @@ class VyteEmulator:
             case "future":
                 return lambda event: _ends_after(event, now)
         raise _ApiError(
-            400, f"invalid filter {status_filter!r}; use confirmed, upcoming or future"
+            400,
+            f"invalid filter {status_filter!r}, expected confirmed, upcoming or future",
         )
 
     # GET, PUT /v2/events/:id and actions
@@ -511,12 +542,10 @@ class VyteEmulator:
             zone = load_zone(timezone)
         except ValueError as error:
             raise _ApiError(400, str(error)) from error
-        dates = _parse_dates(body.get("dates", []), zone)
-        places = _parse_places(body.get("places", []))
-        invitees = _parse_invitees(body.get("invitees", []))
-        messages = _parse_messages(body.get("messages", []))
+        vyteme = _optional_bool(body, "vyteme", default=False)
+        languages = (_language(body, "lang"), _language(body, "locale"))
+        confirm = _wants_confirmed(body)
 
-        now = self.clock()
         event = build_event(
             host_email=organizer["emails"][0],
             host_name=organizer["full_name"],
@@ -526,40 +555,31 @@ class VyteEmulator:
             invitees=[],
             timezone=timezone,
             confirmed_slot=None,
-            vyteme=_optional_bool(body, "vyteme", default=False),
-            now=now,
+            vyteme=vyteme,
+            now=self.clock(),
         )
-        self._fill_created_event(event, dates, places, invitees, messages, now)
-        event["lang"] = _language(body, "lang")
-        event["locale"] = _language(body, "locale")
-        if _wants_confirmed(body):
-            date_id = _pick_entry_id(event["dates"], None, "d")
-            if date_id is None:
-                raise _ApiError(400, "cannot create a confirmed event without dates")
-            place_id = _pick_entry_id(event["places"], None, "p")
-            self._mark_confirmed(event, date_id, place_id)
+        self._fill_created_event(event, body, zone)
+        event["lang"], event["locale"] = languages
+        if confirm:
+            self._confirm_created_event(event)
         self.events[event["_id"]] = event
         return event
 
     def _fill_created_event(
-        self,
-        event: JsonObject,
-        dates: list[tuple[datetime, datetime, bool]],
-        places: list[tuple[str, str | None]],
-        invitees: list[tuple[str, str | None, str | None]],
-        messages: list[str],
-        now: datetime,
+        self, event: JsonObject, body: JsonObject, zone: ZoneInfo
     ) -> None:
+        now = self.clock()
         organizer_id = event["created_by"]["user"]
         organizer_email = event["created_by"]["email"]
         event["dates"] = [
             new_date_entry(s, e, all_day=a, author_id=organizer_id, now=now)
-            for s, e, a in dates
+            for s, e, a in _parse_dates(body.get("dates", []), zone)
         ]
         event["places"] = [
-            new_place_entry(n, a, author_id=organizer_id, now=now) for n, a in places
+            new_place_entry(n, a, author_id=organizer_id, now=now)
+            for n, a in _parse_places(body.get("places", []))
         ]
-        for email, full_name, phone in invitees:
+        for email, full_name, phone in _parse_invitees(body.get("invitees", [])):
             entry = new_invitee_entry(
                 email=email,
                 full_name=full_name,
@@ -578,10 +598,24 @@ class VyteEmulator:
                 body=text,
                 now=now,
             )
-            for text in messages
+            for text in _parse_messages(body.get("messages", []))
         ]
         event["invitees_length"] = len(event["invitees"])
         event["api"] = True
+
+    def _confirm_created_event(self, event: JsonObject) -> None:
+        dates = event["dates"]
+        places = event["places"]
+        # Strict: a create request has no d or p, so the emulator confirms it
+        # only when the slot and place are unambiguous.
+        if len(dates) != 1 or len(places) > 1:
+            raise _ApiError(
+                400,
+                "a confirmed event needs exactly one date and at most one place, "
+                f"got {len(dates)} dates and {len(places)} places",
+            )
+        place_id = places[0]["_id"] if places else None
+        self._mark_confirmed(event, dates[0]["_id"], place_id)
 
     def _organizer(self, created_by: Any) -> JsonObject:
         if created_by is None:
@@ -650,8 +684,8 @@ class VyteEmulator:
     def _touch(self, event: JsonObject, *, calendar_change: bool) -> None:
         """Bump the revision fields after an edit, unless bump_updated_at is off.
 
-        ``ics_sequence`` only moves for changes an attendee's calendar sees:
-        time, place, confirmation and cancellation.
+        ``ics_sequence`` only moves for changes that show in an attendee's
+        calendar: time, place, confirmation and cancellation.
         """
         if not self.bump_updated_at:
             return
@@ -688,7 +722,7 @@ def _single_arg(request: Request, name: str) -> str | None:
 
 
 def _id_list(request: Request, name: str) -> set[str] | None:
-    """Split a comma-separated parameter; ``None`` when it is absent."""
+    """Split a comma-separated parameter into a set, or return None if absent."""
     text = _single_arg(request, name)
     if text is None:
         return None
@@ -730,7 +764,7 @@ def _language(body: JsonObject, name: str) -> str:
     value = _optional_string(body, name) or "en"
     if value not in LANGUAGES:
         raise _ApiError(
-            400, f"invalid {name} {value!r}; use one of {sorted(LANGUAGES)}"
+            400, f"invalid {name} {value!r}, expected one of {sorted(LANGUAGES)}"
         )
     return value
 
@@ -831,7 +865,11 @@ def _pick_entry_id(
             raise _ApiError(400, f"{parameter}={requested!r} matches no entry")
         return requested
     if len(entries) > 1:
-        raise _ApiError(400, f"give {parameter} to choose among {len(entries)} entries")
+        raise _ApiError(
+            400,
+            f"missing query parameter {parameter!r}, required because the event "
+            f"has {len(entries)} entries to choose from",
+        )
     return str(entries[0]["_id"]) if entries else None
 
 
@@ -902,8 +940,8 @@ def _invitee_predicates(request: Request) -> list[EventPredicate]:
     if users is None and emails is None:
         return []
 
-    # Vyte's reference says both parameters may be combined, although one
-    # label says invitee_emails is ignored with invitee_users. The emulator
+    # Vyte's reference allows both parameters in one query, although a label
+    # on invitee_emails marks it as ignored with invitee_users. The emulator
     # matches an event when any invitee matches either list.
     def has_invitee(event: JsonObject) -> bool:
         return any(

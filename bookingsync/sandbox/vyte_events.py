@@ -104,10 +104,10 @@ def new_date_entry(
     author_id: str,
     now: datetime,
 ) -> JsonObject:
-    """Build one ``dates[]`` entry: a proposed slot with the author's yes vote.
+    """Build one ``dates[]`` entry, a proposed slot with the author's yes vote.
 
     ``confirmed`` stays false even on the confirmed slot, as in Vyte's
-    samples: ``confirmed.date_id`` on the event is what marks the chosen slot.
+    samples, because ``confirmed.date_id`` on the event marks the chosen slot.
     """
     start = _require_aware(start, "start")
     end = _require_aware(end, "end")
@@ -131,7 +131,7 @@ def new_date_entry(
 def new_place_entry(
     name: str, address: str | None, *, author_id: str, now: datetime
 ) -> JsonObject:
-    """Build one ``places[]`` entry; ``address`` is left out when ``None``."""
+    """Build one ``places[]`` entry, leaving out ``address`` when it is None."""
     stamp = format_timestamp(now)
     place: JsonObject = {
         "created_by": {"user": author_id},
@@ -160,11 +160,10 @@ def new_invitee_entry(
     phone: str | None = None,
     company: str | None = None,
 ) -> JsonObject:
-    """Build one ``invitees[]`` entry; ``organizer`` sets ``su`` like the host.
+    """Build one ``invitees[]`` entry. ``organizer=True`` sets ``su`` as on the host.
 
-    ``phone`` and ``company`` are left out when ``None``. ``company`` is not
-    in Vyte's reference: the daemon reads it under that key, so the builder
-    writes it there.
+    ``phone`` and ``company`` are left out when None. ``company`` is not in
+    Vyte's reference, but the daemon reads the booker's company from it.
     """
     invitee: JsonObject = {
         "created_by": {"user": author_id},
@@ -324,7 +323,7 @@ def _check_event_arguments(
         )
     # Strict: Vyte requires a place name, so an address alone is rejected.
     if place_address is not None and place_name is None:
-        raise ValueError("place_address needs a place_name")
+        raise ValueError("place_address requires place_name, so pass both")
     for index, invitee in enumerate(invitees):
         unknown = set(invitee) - INVITEE_KEYS
         if unknown:
