@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from loguru import logger
 
 from bookingsync.errors import ApiError, ConfigurationError, LockBusy
 from bookingsync.logs import configure_logging
@@ -223,8 +222,3 @@ def _print_plan(actions: list[Any]) -> None:
     click.echo(f"plan: {len(actions)} change(s), nothing written (dry run)")
     for action in actions:
         click.echo("  " + action.describe())
-
-
-if __name__ == "__main__":
-    logger.remove()
-    main()

@@ -260,8 +260,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """
     if config_file is None and DEFAULT_CONFIG_FILE.is_file():
         config_file = DEFAULT_CONFIG_FILE
-    if config_file is not None and not config_file.is_file():
-        raise ConfigurationError([f"config file {str(config_file)!r} does not exist"])
+    if config_file is not None and (not config_file.exists() or config_file.is_dir()):
+        raise ConfigurationError(
+            [f"config file {str(config_file)!r} does not exist; fix --config"]
+        )
     _CONFIG_FILE_IN_USE["path"] = config_file
     unknown = _unknown_file_keys(config_file) if config_file else []
     if unknown:

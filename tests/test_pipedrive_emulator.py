@@ -173,7 +173,7 @@ def test_person_patch_changes_only_given_keys(api: httpx.Client) -> None:
 
 
 def test_person_delete_returns_id(api: httpx.Client) -> None:
-    """DELETE answers with the deleted id."""
+    """DELETE returns the deleted id."""
     person = create_person(api)
     response = api.delete(f"/api/v2/persons/{person['id']}")
     assert response.json() == {"success": True, "data": {"id": person["id"]}}
@@ -291,7 +291,7 @@ def test_search_index_lag_hides_new_person(
 def test_search_index_lag_shows_old_state_after_update(
     start: Callable[..., Started], clock: FakeClock
 ) -> None:
-    """Within the lag after a rename, search still sees the old name."""
+    """Within the lag after a rename, search still matches the old name."""
     _, api = start(search_index_lag_seconds=5)
     person = create_person(api)
     clock.advance(10)
@@ -518,12 +518,12 @@ def test_list_unsupported_parameter_rejected(api: httpx.Client) -> None:
 def test_deals_list_filters_by_org_and_status(api: httpx.Client) -> None:
     """Deal lists combine the org_id and status filters."""
     org = create(api, "organizations", {"name": "Analytical Engines"})
-    wanted = create(api, "deals", {"title": "A", "org_id": org["id"]})
+    expected_deal = create(api, "deals", {"title": "A", "org_id": org["id"]})
     create(api, "deals", {"title": "B", "org_id": org["id"], "status": "won"})
     create(api, "deals", {"title": "C"})
     params = {"org_id": org["id"], "status": "open"}
     response = api.get("/api/v2/deals", params=params)
-    assert [deal["id"] for deal in response.json()["data"]] == [wanted["id"]]
+    assert [deal["id"] for deal in response.json()["data"]] == [expected_deal["id"]]
 
 
 def test_deals_list_status_deleted(api: httpx.Client) -> None:
@@ -602,7 +602,7 @@ def test_merge_ui_keeps_both_emails(
 
 
 def test_merge_api_returns_survivor(api: httpx.Client) -> None:
-    """PUT /v1/persons/{id}/merge answers with the surviving person."""
+    """PUT /v1/persons/{id}/merge returns the surviving person."""
     source = create_person(api)
     target = create_person(api, name="Ada L.", email="ada.l@example.org")
     response = api.put(
@@ -756,10 +756,10 @@ def test_stages_filter_by_pipeline(api: httpx.Client) -> None:
 
 def test_live_returns_only_undeleted(emulator: PipedriveEmulator) -> None:
     """live() skips soft-deleted records."""
-    kept = emulator.ui_create_person("Ada Lovelace", "ada@example.com")
-    gone = emulator.ui_create_person("Grace Hopper")
-    emulator.ui_delete("persons", gone["id"])
-    assert [person["id"] for person in emulator.live("persons")] == [kept["id"]]
+    remaining = emulator.ui_create_person("Ada Lovelace", "ada@example.com")
+    deleted = emulator.ui_create_person("Grace Hopper")
+    emulator.ui_delete("persons", deleted["id"])
+    assert [person["id"] for person in emulator.live("persons")] == [remaining["id"]]
 
 
 def test_concurrent_creates_get_distinct_ids(

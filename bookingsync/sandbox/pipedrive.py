@@ -62,9 +62,9 @@ DEFAULT_CURRENCY = "USD"
 DEFAULT_ACTIVITY_TYPE = "task"
 
 # Token cost of each request against the daily budget. The v2 costs are the
-# `x-token-cost` values of Pipedrive's v2 OpenAPI spec (mid-2025). The v1 costs
-# are guesses: Pipedrive says v1 costs about twice as much as v2 but publishes
-# no per-endpoint table.
+# `x-token-cost` values reported for a mid-2025 copy of Pipedrive's v2 OpenAPI
+# spec, not checked against a live account. The v1 costs are guesses, because
+# no per-endpoint v1 table is published. v1 is reported to cost about twice v2.
 COST_GET_ONE = 1
 COST_LIST = 10
 COST_CREATE = 5
@@ -141,9 +141,9 @@ def _json_type(value: Any) -> str:
 
 def _expect(valid: bool, key: str, expected: str, value: Any) -> None:
     if not valid:
-        shown = json.dumps(value)[:60]
+        excerpt = json.dumps(value)[:60]
         raise _bad_request(
-            f"Invalid {key}: expected {expected}, got {_json_type(value)} {shown}"
+            f"Invalid {key}: expected {expected}, got {_json_type(value)} {excerpt}"
         )
 
 
@@ -303,8 +303,8 @@ def _address(key: str, value: Any) -> Entity:
     """Validate an address object (activity location, organization address)."""
     expected = 'an object such as {"value": "12 Example Street"}'
     _expect(isinstance(value, dict), key, expected, value)
-    given = _validate_object(key, value, ADDRESS_SPEC)
-    return {part: given.get(part) for part in ADDRESS_PARTS}
+    parts = _validate_object(key, value, ADDRESS_SPEC)
+    return {part: parts.get(part) for part in ADDRESS_PARTS}
 
 
 CONTACT_SPEC: dict[str, Validator] = {
@@ -322,12 +322,14 @@ def _contacts(key: str, value: Any) -> list[Entity]:
     """
     entries = []
     for index, raw in enumerate(_array(key, value)):
-        given = _validate_object(f"{key}[{index}]", raw, CONTACT_SPEC, ("value",))
+        entry_fields = _validate_object(
+            f"{key}[{index}]", raw, CONTACT_SPEC, ("value",)
+        )
         entries.append(
             {
-                "value": given["value"],
-                "primary": given.get("primary", False),
-                "label": given.get("label", "work"),
+                "value": entry_fields["value"],
+                "primary": entry_fields.get("primary", False),
+                "label": entry_fields.get("label", "work"),
             }
         )
     _settle_primary(key, entries)
@@ -351,9 +353,12 @@ def _participants(key: str, value: Any) -> list[Entity]:
     entries = []
     for index, raw in enumerate(_array(key, value)):
         name = f"{key}[{index}]"
-        given = _validate_object(name, raw, PARTICIPANT_SPEC, ("person_id",))
+        entry_fields = _validate_object(name, raw, PARTICIPANT_SPEC, ("person_id",))
         entries.append(
-            {"person_id": given["person_id"], "primary": given.get("primary", False)}
+            {
+                "person_id": entry_fields["person_id"],
+                "primary": entry_fields.get("primary", False),
+            }
         )
     person_ids = [entry["person_id"] for entry in entries]
     if len(set(person_ids)) != len(person_ids):
@@ -376,9 +381,9 @@ def _attendees(key: str, value: Any) -> list[Entity]:
     entries = []
     for index, raw in enumerate(_array(key, value)):
         name = f"{key}[{index}]"
-        given = _validate_object(name, raw, ATTENDEE_SPEC)
-        entry = {part: given.get(part) for part in ATTENDEE_SPEC}
-        entry["is_organizer"] = given.get("is_organizer", False)
+        entry_fields = _validate_object(name, raw, ATTENDEE_SPEC)
+        entry = {part: entry_fields.get(part) for part in ATTENDEE_SPEC}
+        entry["is_organizer"] = entry_fields.get("is_organizer", False)
         identities = (entry["email"], entry["person_id"], entry["user_id"])
         if all(identity is None for identity in identities):
             raise _bad_request(f"Invalid {name}: give email, person_id or user_id")
@@ -598,7 +603,8 @@ def _check_writable(kind: str, key: str) -> None:
     if key in READ_ONLY_FIELDS[kind]:
         raise _bad_request(f"Field {key!r} is read-only on {kind}")
     if key not in FIELD_SPECS[kind]:
-        # Strict choice: v2 may ignore unknown keys; rejecting them catches typos.
+        # Strict choice: whether v2 ignores unknown keys is undocumented, and
+        # rejecting them catches typos.
         allowed = ", ".join(sorted(FIELD_SPECS[kind]))
         raise _bad_request(f"Unknown field {key!r} for {kind}; allowed: {allowed}")
 
@@ -728,7 +734,7 @@ class _Query:
         if limit is None:
             return DEFAULT_PAGE_LIMIT
         if not 1 <= limit <= MAX_PAGE_LIMIT:
-            # Strict choice: some clients report clamping; 400 is stricter.
+            # Strict choice: whether Pipedrive clamps or rejects is undocumented.
             raise _bad_request(
                 f"limit must be between 1 and {MAX_PAGE_LIMIT}, got {limit}"
             )
@@ -886,16 +892,16 @@ def _view_for(query: _Query) -> _View:
 
 def _present(kind: str, item: Entity, view: _View) -> Entity:
     """Copy a stored record into the shape one response shows."""
-    shown = copy.deepcopy(item)
+    presented = copy.deepcopy(item)
     if kind == "activities" and not view.include_attendees:
-        del shown["attendees"]
-    if view.custom_field_keys is not None and "custom_fields" in shown:
-        shown["custom_fields"] = {
+        del presented["attendees"]
+    if view.custom_field_keys is not None and "custom_fields" in presented:
+        presented["custom_fields"] = {
             key: value
-            for key, value in shown["custom_fields"].items()
+            for key, value in presented["custom_fields"].items()
             if key in view.custom_field_keys
         }
-    return shown
+    return presented
 
 
 # --- Rate limits ------------------------------------------------------------
@@ -1141,14 +1147,20 @@ class PipedriveEmulator:
     """In-memory Pipedrive company account served over the REST API.
 
     ``persons``, ``organizations``, ``deals`` and ``activities`` map ids to
-    records in the v2 response shape, soft-deleted ones included; stored
-    activities also keep ``attendees``, which responses show only on request.
+    records in the v2 response shape, soft-deleted ones included. Stored
+    activities also keep ``attendees``, which responses include only on request.
     Read them directly in tests, or use ``live()`` for a locked, copied view.
 
     ``burst_limit`` enables the per-token limit of requests per rolling 2 s
-    window and ``daily_token_budget`` the company's daily token budget; both
-    are off when None. Searches see a record only once ``clock()`` has moved
-    ``search_index_lag_seconds`` past its last write.
+    window, and ``daily_token_budget`` the company's daily token budget. Both
+    are off when None. Searches match each record as it was
+    ``search_index_lag_seconds`` ago by ``clock()``, so a new record becomes
+    searchable only after that lag. ``utc_now`` supplies the time for
+    timestamps and for the budget's reset at UTC midnight.
+
+    ``tokens_spent`` counts every token charged since start, and
+    ``reset_daily_budget()`` does not clear it. ``request_costs`` lists
+    ``(method, path, tokens)`` for each charged request.
     """
 
     def __init__(
@@ -1228,8 +1240,8 @@ class PipedriveEmulator:
     def ui_create(self, kind: str, payload: Entity) -> Entity:
         """Create a record as a user in the web app would, with API validation.
 
-        Raises ``PipedriveApiError`` where the API would answer 400. UI actions
-        cost no API tokens.
+        Raises ``PipedriveApiError`` where the API would respond with 400. UI
+        actions cost no API tokens.
         """
         with self._lock:
             self._entity_store(kind)
@@ -1273,7 +1285,7 @@ class PipedriveEmulator:
         with self._lock:
             try:
                 return self._serve(request)
-            except Exception:  # an emulator bug should answer 500, not hang up
+            except Exception:  # an emulator bug returns 500, not a dropped socket
                 logger.exception(
                     "Pipedrive emulator failed on %s %s", request.method, request.path
                 )
@@ -1652,8 +1664,8 @@ class PipedriveEmulator:
         self._require_live("persons", from_id)
         self._require_reference("merge_with_id", "persons", into_id)
         merged = self._merge_persons(from_id, into_id)
-        # NOTE: v1 returns the merged person in its v1 shape; this returns the
-        # v2 shape plus merge_what_id, so clients should read only ids from it.
+        # NOTE: the v1 response shape of merge is not emulated. This returns the
+        # v2 person plus merge_what_id, so clients should read only ids from it.
         return _data_response({**copy.deepcopy(merged), "merge_what_id": from_id})
 
     def _merge_persons(self, from_id: int, into_id: int) -> Entity:
@@ -1734,16 +1746,18 @@ class PipedriveEmulator:
     def _search(
         self, kind: str, term: str, fields: Iterable[str], exact: bool
     ) -> list[_SearchHit]:
-        wanted = tuple(fields)
+        search_fields = tuple(fields)
         hits = []
         for snapshot in self._indexed_snapshots(kind):
             values = self._search_values(kind, snapshot)
-            candidates = [value for field in wanted for value in values.get(field, [])]
+            candidates = [
+                value for field in search_fields for value in values.get(field, [])
+            ]
             score = _match_score(term, candidates, exact)
             if score is None:
                 continue
             matched_custom = []
-            if "custom_fields" in wanted:
+            if "custom_fields" in search_fields:
                 custom = values["custom_fields"]
                 matched_custom = [v for v in custom if _match_score(term, [v], exact)]
             hits.append(_SearchHit(score, kind, snapshot, matched_custom))
@@ -1775,23 +1789,23 @@ class PipedriveEmulator:
 
     def _search_item(self, hit: _SearchHit) -> Entity:
         item = hit.item
-        shown: Entity = {"id": item["id"], "type": SEARCH_ITEM_TYPES[hit.kind]}
+        result: Entity = {"id": item["id"], "type": SEARCH_ITEM_TYPES[hit.kind]}
         if hit.kind == "organizations":
-            shown["name"] = item["name"]
-            shown["address"] = (item["address"] or {}).get("value")
+            result["name"] = item["name"]
+            result["address"] = (item["address"] or {}).get("value")
         elif hit.kind == "persons":
-            shown["name"] = item["name"]
-            shown["phones"] = [entry["value"] for entry in item["phones"]]
-            shown["emails"] = [entry["value"] for entry in item["emails"]]
+            result["name"] = item["name"]
+            result["phones"] = [entry["value"] for entry in item["phones"]]
+            result["emails"] = [entry["value"] for entry in item["emails"]]
         else:
-            shown.update(self._deal_search_fields(item))
-        shown["visible_to"] = item["visible_to"]
-        shown["owner"] = {"id": item["owner_id"]}
+            result.update(self._deal_search_fields(item))
+        result["visible_to"] = item["visible_to"]
+        result["owner"] = {"id": item["owner_id"]}
         if hit.kind != "organizations":
-            shown["organization"] = self._organization_summary(item["org_id"])
-        shown["custom_fields"] = hit.matched_custom_fields
-        shown["notes"] = []
-        return shown
+            result["organization"] = self._organization_summary(item["org_id"])
+        result["custom_fields"] = hit.matched_custom_fields
+        result["notes"] = []
+        return result
 
     def _deal_search_fields(self, deal: Entity) -> Entity:
         stage = self.stages.get(deal["stage_id"])
@@ -1838,9 +1852,10 @@ class PipedriveEmulator:
             del history[: visible[-1]]
 
     def _indexed_snapshots(self, kind: str) -> list[Entity]:
-        """Return each record of ``kind`` as the lagging search index sees it.
+        """Return the indexed state of each record of ``kind``.
 
-        A record deleted or merged away is hidden at once, even within the lag.
+        The index lags behind writes, but a record deleted or merged away is
+        hidden at once, even within the lag.
         """
         cutoff = self._clock() - self.search_index_lag_seconds
         store = self._entity_store(kind)
@@ -1925,7 +1940,7 @@ class PipedriveEmulator:
     def _require_live(self, kind: str, item_id: int) -> Entity:
         """Return the stored record, or raise 404 when it is missing or deleted.
 
-        Strict choice: a soft-deleted record answers 404 rather than 200 with
+        Strict choice: a soft-deleted record gets 404 rather than 200 with
         is_deleted true, because the documentation does not say which.
         """
         item = self._live_or_none(self._entity_store(kind), item_id)

@@ -439,9 +439,9 @@ class VyteEmulator:
             case "confirmed":
                 return _is_confirmed
             case "upcoming":
-                # Strict: "upcoming" never lists cancelled events, even
-                # with list_cancelled=True, since "future" is the filter
-                # that Vyte describes as including them.
+                # Strict: "upcoming" never lists cancelled events, even with
+                # list_cancelled=True, because Vyte's draft docs describe
+                # "future" as the filter that includes them.
                 return lambda event: (
                     not event.get("cancelled") and _ends_after(event, now)
                 )
@@ -484,16 +484,13 @@ class VyteEmulator:
         if title is not None:
             event["title"] = title
         if dates is not None:
-            event["dates"] = [
-                new_date_entry(s, e, all_day=a, author_id=author_id, now=now)
-                for s, e, a in dates
-            ]
+            event["dates"] = _date_entries(dates, author_id, now)
         if places is not None:
-            event["places"] = [
-                new_place_entry(n, a, author_id=author_id, now=now) for n, a in places
-            ]
-        self._drop_stale_confirmation(event)
-        self._touch(event, calendar_change=dates is not None or places is not None)
+            event["places"] = _place_entries(places, author_id, now)
+        replaced = dates is not None or places is not None
+        if replaced:
+            self._drop_stale_confirmation(event)
+        self._touch(event, calendar_change=replaced)
         return event
 
     def _drop_stale_confirmation(self, event: JsonObject) -> None:
@@ -502,7 +499,8 @@ class VyteEmulator:
         confirmed = event.get("confirmed", {})
         if not confirmed.get("flag"):
             return
-        date_gone = _entry_by_id(event["dates"], confirmed.get("date_id")) is None
+        date_id = confirmed.get("date_id")
+        date_gone = _entry_by_id(event.get("dates", []), date_id) is None
         place_id = confirmed.get("place_id")
         place_gone = place_id is not None and (
             _entry_by_id(event.get("places", []), place_id) is None
@@ -571,14 +569,10 @@ class VyteEmulator:
         now = self.clock()
         organizer_id = event["created_by"]["user"]
         organizer_email = event["created_by"]["email"]
-        event["dates"] = [
-            new_date_entry(s, e, all_day=a, author_id=organizer_id, now=now)
-            for s, e, a in _parse_dates(body.get("dates", []), zone)
-        ]
-        event["places"] = [
-            new_place_entry(n, a, author_id=organizer_id, now=now)
-            for n, a in _parse_places(body.get("places", []))
-        ]
+        dates = _parse_dates(body.get("dates", []), zone)
+        event["dates"] = _date_entries(dates, organizer_id, now)
+        places = _parse_places(body.get("places", []))
+        event["places"] = _place_entries(places, organizer_id, now)
         for email, full_name, phone in _parse_invitees(body.get("invitees", [])):
             entry = new_invitee_entry(
                 email=email,
@@ -845,7 +839,25 @@ def _parse_messages(value: Any) -> list[str]:
     ]
 
 
-# Event inspection
+# Event building and inspection
+
+
+def _date_entries(
+    dates: list[tuple[datetime, datetime, bool]], author_id: str, now: datetime
+) -> list[JsonObject]:
+    return [
+        new_date_entry(start, end, all_day=all_day, author_id=author_id, now=now)
+        for start, end, all_day in dates
+    ]
+
+
+def _place_entries(
+    places: list[tuple[str, str | None]], author_id: str, now: datetime
+) -> list[JsonObject]:
+    return [
+        new_place_entry(name, address, author_id=author_id, now=now)
+        for name, address in places
+    ]
 
 
 def _entry_by_id(entries: Iterable[JsonObject], entry_id: Any) -> JsonObject | None:

@@ -1,0 +1,3 @@
+from bookingsync.cli import main
+
+main()
