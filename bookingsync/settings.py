@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     activity_subject_template: str = "{title}"
     activity_type: str = "meeting"
     cancellation_mode: CancellationMode = CancellationMode.MARK
+    remote_deletions_final: bool = False
 
     vyte_page_limit: int = Field(1000, ge=1, le=100_000)
     pipedrive_burst_limit: int = Field(

@@ -67,6 +67,7 @@ def plan_cancel(
     if state is None or state.remote_state in (
         RemoteState.CANCELLED.value,
         RemoteState.DELETED.value,
+        RemoteState.GONE.value,
     ):
         return None
     if state.activity_id is None and state.synced_fingerprint is None:

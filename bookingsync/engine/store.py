@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 from bookingsync.models.state import (
     BookingState,
     DealMap,
+    Intent,
     Meta,
     OrganizationMap,
     PersonMap,
@@ -67,16 +68,21 @@ class Store:
             session.commit()
             return row
 
-    def record_failure(self, key: str, error: str, now: datetime) -> BookingState:
-        """Record a booking's error and when to try it again (growing delay)."""
+    def record_failure(
+        self, key: str, error: str, now: datetime, *, permanent: bool = False
+    ) -> BookingState:
+        """Record a booking's error and when to try it again.
+
+        Transient failures are retried with a growing delay. A ``permanent``
+        one (a rejection, invalid data) waits until the booking changes or an
+        admin runs ``bookingsync retry``: ``next_retry_at`` stays empty.
+        """
         row = self.booking_state(key)
         attempts = (row.attempts if row else 0) + 1
         delay = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempts - 1))
+        retry_at = None if permanent else now + timedelta(seconds=delay)
         return self.update_booking(
-            key,
-            error=error[:2000],
-            attempts=attempts,
-            next_retry_at=now + timedelta(seconds=delay),
+            key, error=error[:2000], attempts=attempts, next_retry_at=retry_at
         )
 
     def failed_bookings(self) -> Sequence[BookingState]:
@@ -116,8 +122,11 @@ class Store:
     def remember_deal(self, owner_key: str, deal_id: int) -> None:
         self._merge(DealMap(owner_key=owner_key, deal_id=deal_id))
 
-    def forget_deal(self, owner_key: str) -> None:
-        self._delete(DealMap, owner_key)
+    def forget_deal_id(self, deal_id: int) -> None:
+        with self.session() as session:
+            for row in session.exec(select(DealMap).where(DealMap.deal_id == deal_id)):
+                session.delete(row)
+            session.commit()
 
     def _merge(self, row: Any) -> None:
         with self.session() as session:
@@ -130,6 +139,52 @@ class Store:
             if row is not None:
                 session.delete(row)
                 session.commit()
+
+    # Intents (see models.state.Intent) ----------------------------------
+
+    def intent(self, booking_key: str, kind: str, natural_key: str) -> Intent | None:
+        with self.session() as session:
+            return session.get(Intent, (booking_key, kind, natural_key))
+
+    def record_intent(self, booking_key: str, kind: str, natural_key: str) -> Intent:
+        """Write the intent row, keeping the earliest time if one exists."""
+        with self.session() as session:
+            row = session.get(Intent, (booking_key, kind, natural_key))
+            if row is None:
+                row = Intent(
+                    booking_key=booking_key, kind=kind, natural_key=natural_key
+                )
+                session.add(row)
+                session.commit()
+            return row
+
+    def clear_intent(self, booking_key: str, kind: str, natural_key: str) -> None:
+        with self.session() as session:
+            row = session.get(Intent, (booking_key, kind, natural_key))
+            if row is not None:
+                session.delete(row)
+                session.commit()
+
+    def get_meta(self, key: str) -> str | None:
+        with self.session() as session:
+            row = session.get(Meta, key)
+            return row.value if row else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._delete(Meta, key)
+        else:
+            self._merge(Meta(key=key, value=value))
+
+    def active_states(self, source: str) -> Sequence[BookingState]:
+        with self.session() as session:
+            return session.exec(
+                select(BookingState).where(
+                    BookingState.source == source,
+                    BookingState.remote_state == "active",
+                    col(BookingState.activity_id).is_not(None),
+                )
+            ).all()
 
     # Pipedrive users, cached because listing them costs a list request ----
 

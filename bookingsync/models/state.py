@@ -30,6 +30,7 @@ class RemoteState(StrEnum):
     ACTIVE = "active"
     CANCELLED = "cancelled"  # Marked cancelled in Pipedrive.
     DELETED = "deleted"  # Deleted by bookingsync on cancellation.
+    GONE = "gone"  # Deleted or merged away in Pipedrive by someone else.
 
 
 class Meta(SQLModel, table=True):
@@ -97,6 +98,22 @@ class DealMap(SQLModel, table=True):
 
     owner_key: str = Field(primary_key=True, max_length=64)
     deal_id: int
+
+
+class Intent(SQLModel, table=True):
+    """A Pipedrive create that was about to be sent.
+
+    The row is written before the POST and removed once the new id is
+    recorded. A row left behind means a run died in between, so the next
+    attempt first looks in Pipedrive for the item it may have created.
+    """
+
+    __tablename__ = "intent"
+
+    booking_key: str = Field(primary_key=True, max_length=200)
+    kind: str = Field(primary_key=True, max_length=32)
+    natural_key: str = Field(primary_key=True, max_length=320)
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Run(SQLModel, table=True):

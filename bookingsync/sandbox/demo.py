@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,8 @@ def run_demo(keep_running: bool = False) -> int:
             database_url=f"sqlite:///{Path(state_dir) / 'demo.db'}",
         )
         click.echo(
-            f"Sandbox: Vyte emulator at {vyte.url}, Pipedrive emulator at {pipedrive.url}"
+            f"Sandbox: Vyte emulator at {vyte.url}, "
+            f"Pipedrive emulator at {pipedrive.url}"
         )
         events = seed(vyte_emulator, pipedrive_emulator)
         app = App.build(settings)
@@ -215,7 +217,7 @@ def render_pipedrive(emulator: PipedriveEmulator) -> str:
     )
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "   " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))

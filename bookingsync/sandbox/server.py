@@ -9,12 +9,16 @@ the request log that tests use to count what reached the API.
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
+
+from bookingsync.sandbox.faults import FaultAction, FaultPlan
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,12 @@ class EmulatorServer:
     the base URL once started; ``requests`` lists every request served.
     """
 
-    def __init__(self, app: Application, port: int = 0) -> None:
+    def __init__(self, app: Application, port: int = 0, seed: int = 0) -> None:
         self.app = app
+        self.faults = FaultPlan(seed)
+        # Called after the application handled a request, before the reply is
+        # sent: tests use it to kill a client at an exact moment.
+        self.on_handled: Callable[[Request, Response], None] | None = None
         self.requests: list[LoggedRequest] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -146,11 +154,26 @@ class EmulatorServer:
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=body,
                 )
-                response = server.app.handle(request)
+                fault = server.faults.decide(request.method, request.path)
+                if fault is not None and fault.action is FaultAction.STATUS:
+                    headers = {"Content-Type": "application/json"}
+                    if fault.retry_after is not None:
+                        headers["Retry-After"] = fault.retry_after
+                    response = Response(fault.status, fault.body(), headers)
+                elif fault is not None and fault.action is FaultAction.DROP_BEFORE:
+                    response = Response(0, drop_connection=True)
+                else:
+                    response = server.app.handle(request)
+                    if server.on_handled is not None:
+                        server.on_handled(request, response)
                 server._record(request, response.status)
-                if response.drop_connection:
+                if fault is not None and fault.action is FaultAction.DELAY_AFTER:
+                    time.sleep(fault.delay_seconds)
+                if response.drop_connection or (
+                    fault is not None and fault.action is FaultAction.DROP_AFTER
+                ):
                     self.close_connection = True
-                    self.connection.close()
+                    self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 self.send_response(response.status)
                 for name, value in response.headers.items():
