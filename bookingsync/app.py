@@ -75,11 +75,12 @@ class App:
         dry_run: bool = False,
         trigger: str = "manual",
         wait_seconds: float = 0.0,
+        force: bool = False,
     ) -> SyncReport:
         """Run one pass under the sync lock; raises ``LockBusy`` when held."""
         self.lock.acquire(wait_seconds)
         try:
-            return self.engine.run(mode, dry_run=dry_run, trigger=trigger)
+            return self.engine.run(mode, dry_run=dry_run, trigger=trigger, force=force)
         finally:
             self.lock.release()
 

@@ -2,18 +2,22 @@
 
 Exit statuses: 0 success; 1 some bookings failed and are kept for retry;
 2 configuration or usage error; 3 another sync holds the lock; 4 the run
-stopped early (credentials rejected, daily budget spent, source unreachable).
+stopped early (credentials rejected, daily budget spent, source unreachable);
+5 the safety rail held back cancellations (re-run with ``sync --force``).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import click
 
+from bookingsync.engine.sync import STOP_REQUESTED
 from bookingsync.errors import ApiError, ConfigurationError, LockBusy
 from bookingsync.logs import configure_logging
 from bookingsync.settings import LogFormat, Settings, load_settings
@@ -23,6 +27,7 @@ EXIT_FAILED_BOOKINGS = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
 EXIT_STOPPED = 4
+EXIT_SUSPICIOUS = 5
 
 
 class Context:
@@ -112,22 +117,35 @@ def run(context: Context) -> None:
     show_default=True,
     help="Seconds to wait for a sync already in progress before giving up (exit 3).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Cancel bookings even when many vanished from the source at once.",
+)
 @pass_context
-def sync(context: Context, full: bool, dry_run: bool, wait: float) -> None:
+def sync(context: Context, full: bool, dry_run: bool, wait: float, force: bool) -> None:
     """Run one sync pass now, then exit.
 
     Only one sync runs at a time: when the daemon or another `sync` is in
     progress, this waits up to --wait seconds, then exits with status 3.
+    SIGTERM or SIGINT finishes the booking in flight and exits 0.
+
     Exit status 0 when every booking applied, 1 when some failed and are
-    kept for retry, 2 on a configuration error, 4 when the run stopped early.
+    kept for retry, 2 on a configuration error, 3 when another sync holds
+    the lock, 4 when the run stopped early (a credential rejected, the daily
+    budget spent, the source unreachable), 5 when many bookings vanished from
+    the source at once and were not cancelled (check, then re-run with --force).
     """
     from bookingsync.engine.sync import Mode
 
     settings = context.settings()
     app = _build_app(settings)
     mode = Mode.FULL if full else Mode.POLL
+    _stop_on_signals(app.engine.stop_requested)
     try:
-        report = app.sync(mode, dry_run=dry_run, trigger="cli", wait_seconds=wait)
+        report = app.sync(
+            mode, dry_run=dry_run, trigger="cli", wait_seconds=wait, force=force
+        )
     except LockBusy as exc:
         click.echo(f"bookingsync: {exc}; try again later or pass --wait", err=True)
         sys.exit(EXIT_LOCKED)
@@ -137,10 +155,30 @@ def sync(context: Context, full: bool, dry_run: bool, wait: float) -> None:
         _print_plan(report.actions)
     for key, problem in report.failed.items():
         click.echo(f"failed: {key}: {problem}", err=True)
+    if report.stopped == STOP_REQUESTED:
+        click.echo(
+            "bookingsync: stopped by signal after the booking in flight", err=True
+        )
+        sys.exit(EXIT_OK)
     if report.stopped:
         click.echo(f"bookingsync: run stopped: {report.stopped}", err=True)
         sys.exit(EXIT_STOPPED)
+    if report.suspicious:
+        click.echo(
+            f"bookingsync: {report.suspicious}; nothing was cancelled. "
+            "Check the source, then run `bookingsync sync --force`",
+            err=True,
+        )
+        sys.exit(EXIT_SUSPICIOUS)
     sys.exit(EXIT_FAILED_BOOKINGS if report.failed else EXIT_OK)
+
+
+def _stop_on_signals(stop_requested: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 @main.command()
@@ -192,6 +230,36 @@ def demo(keep_running: bool) -> None:
     from bookingsync.sandbox.demo import run_demo
 
     sys.exit(run_demo(keep_running=keep_running))
+
+
+@main.command()
+@pass_context
+def trigger(context: Context) -> None:
+    """Ask the running daemon to sync now (SIGUSR1), and report the delivery.
+
+    The daemon is found through its pid file in the state directory, else
+    through systemd's MainPID of bookingsync.service. Run this as the daemon's
+    user or as root. Exit status 0 when the signal was delivered, 4 when no
+    daemon runs or the signal is not permitted, 2 on a configuration error.
+    """
+    from bookingsync.daemon.pidfile import pid_path, trigger_daemon
+
+    # Finding the state directory needs no API credentials, and an admin
+    # usually cannot read the daemon's systemd credentials, so placeholders
+    # stand in for them.
+    placeholders = {"vyte_api_key": "unused", "pipedrive_api_token": "unused"}
+    try:
+        settings = load_settings(context.config, **placeholders)
+    except ConfigurationError as exc:
+        click.echo(f"bookingsync: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    result = trigger_daemon(pid_path(settings))
+    if not result.delivered:
+        click.echo(
+            f"bookingsync: sync request not delivered: {result.message}", err=True
+        )
+        sys.exit(EXIT_STOPPED)
+    click.echo(f"sync requested: {result.message}")
 
 
 def _build_app(settings: Settings) -> Any:

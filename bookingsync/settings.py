@@ -12,7 +12,7 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import platformdirs
 from pydantic import (
@@ -20,10 +20,10 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -96,8 +96,9 @@ class Settings(BaseSettings):
     )
     lookback_days: int = Field(30, ge=0)
     include_all_events: bool = False
-    internal_domains: list[str] = Field(default_factory=list)
-    free_mail_domains: list[str] = Field(default_factory=list)
+    # NoDecode: the environment gives a comma-separated string, not JSON.
+    internal_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    free_mail_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_persons_per_booking: int = Field(10, ge=1, le=100)
 
     create_organizations: bool = True
@@ -158,18 +159,19 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR")
         return level
 
-    @model_validator(mode="after")
-    def _check_templates(self) -> Settings:
-        for name in ("deal_title_template", "activity_subject_template"):
-            template = getattr(self, name)
-            try:
-                template.format(**TEMPLATE_EXAMPLE)
-            except (KeyError, IndexError, ValueError) as exc:
-                known = ", ".join("{" + key + "}" for key in TEMPLATE_EXAMPLE)
-                raise ValueError(
-                    f"{name} {template!r} is invalid ({exc}); placeholders: {known}"
-                ) from None
-        return self
+    @field_validator("deal_title_template", "activity_subject_template")
+    @classmethod
+    def _check_template(cls, template: str) -> str:
+        try:
+            template.format(**TEMPLATE_EXAMPLE)
+        except KeyError as exc:
+            problem = f"uses the unknown placeholder {{{exc.args[0]}}}"
+        except (IndexError, ValueError, AttributeError, TypeError) as exc:
+            problem = f"is not a valid template ({exc})"
+        else:
+            return template
+        known = ", ".join("{" + key + "}" for key in TEMPLATE_EXAMPLE)
+        raise ValueError(f"{template!r} {problem}; use only the placeholders {known}")
 
     @classmethod
     def settings_customise_sources(

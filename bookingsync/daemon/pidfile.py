@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bookingsync.app import lock_path
+from bookingsync.errors import BookingSyncError
 from bookingsync.settings import Settings
 
 SYSTEMD_UNIT = "bookingsync"
@@ -30,10 +31,12 @@ def pid_path(settings: Settings) -> Path:
     return lock_path(settings).with_suffix(".pid")
 
 
-class DaemonRunning(Exception):
+class DaemonRunning(BookingSyncError):
     """Another daemon already holds the pid file."""
 
     def __init__(self, path: Path, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
         holder = f"pid {pid}" if pid else "another process"
         super().__init__(
             f"another bookingsync daemon ({holder}) already runs on this state: "
@@ -48,11 +51,11 @@ class PidFile:
         self.path = path
         self._fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, wait_seconds: float = ACQUIRE_WAIT_SECONDS) -> None:
         """Lock the file and write this process's pid; raises ``DaemonRunning``."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + ACQUIRE_WAIT_SECONDS
+        deadline = time.monotonic() + wait_seconds
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -21,6 +21,7 @@ from bookingsync.errors import (
     BookingSyncError,
     BudgetExhausted,
     InvalidBooking,
+    Rejected,
 )
 from bookingsync.models.booking import Booking
 from bookingsync.models.state import BookingState, RemoteState, Run
@@ -34,6 +35,17 @@ class Mode(StrEnum):
     FULL = "full"
 
 
+# The safety rail: when at least this many bookings, and more than this share
+# of the active ones, vanish from the source at once, nothing is cancelled
+# until an admin confirms with `bookingsync sync --force`.
+SUSPICIOUS_MIN_VANISHED = 3
+SUSPICIOUS_SHARE = 0.5
+PAUSE_KEY = "pipedrive_paused_until"
+STOP_REQUESTED = "stop requested"
+MIN_BUDGET_PAUSE = timedelta(minutes=5)
+IDS_PER_LOOKUP = 100
+
+
 @dataclass
 class SyncReport:
     """What one pass did; ``actions`` is the plan in order."""
@@ -42,11 +54,12 @@ class SyncReport:
     actions: list[Action] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     stopped: str | None = None
+    suspicious: str | None = None
     run: Run | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.failed and self.stopped is None
+        return not self.failed and self.stopped is None and self.suspicious is None
 
 
 class SyncEngine:
@@ -70,15 +83,37 @@ class SyncEngine:
         self.applier = Applier(settings, client, store)
 
     def run(
-        self, mode: Mode = Mode.POLL, *, dry_run: bool = False, trigger: str = "manual"
+        self,
+        mode: Mode = Mode.POLL,
+        *,
+        dry_run: bool = False,
+        trigger: str = "manual",
+        force: bool = False,
     ) -> SyncReport:
+        """Run one pass; ``force`` applies cancellations the safety rail held."""
         run = self.store.start_run(trigger, mode.value, dry_run)
         report = SyncReport(run.id, run=run)
+        self.force = force
         self.client.usage.reset()
         started = time.monotonic()
         try:
-            self._run(run, report, mode, dry_run, started)
-        except (AuthFailed, BudgetExhausted) as exc:
+            paused = self._budget_pause()
+            if paused is not None:
+                report.stopped = paused
+                logger.warning("Run skipped: {reason}", reason=paused)
+            else:
+                self._run(run, report, mode, dry_run, started)
+        except BudgetExhausted as exc:
+            until = self.now() + max(
+                MIN_BUDGET_PAUSE, timedelta(seconds=exc.retry_after)
+            )
+            self.store.set_meta(PAUSE_KEY, until.isoformat())
+            report.stopped = (
+                f"Pipedrive's daily API token budget is spent; paused until "
+                f"{until:%Y-%m-%d %H:%M} UTC"
+            )
+            logger.error("Run stopped: {error}", error=report.stopped)
+        except AuthFailed as exc:
             report.stopped = str(exc)
             logger.error("Run stopped: {error}", error=str(exc))
         except ApiError as exc:
@@ -91,6 +126,19 @@ class SyncEngine:
             self._finish(run, report)
         return report
 
+    def _budget_pause(self) -> str | None:
+        value = self.store.get_meta(PAUSE_KEY)
+        if value is None:
+            return None
+        until = datetime.fromisoformat(value)
+        if self.now() >= until:
+            self.store.set_meta(PAUSE_KEY, None)
+            return None
+        return (
+            f"Pipedrive's daily API token budget is spent; paused until "
+            f"{until:%Y-%m-%d %H:%M} UTC"
+        )
+
     def _run(
         self, run: Run, report: SyncReport, mode: Mode, dry_run: bool, started: float
     ) -> None:
@@ -102,14 +150,16 @@ class SyncEngine:
         )
         run.skipped = len(listing.skipped)
         run.unchanged = len(listing.unchanged_ids)
-        self._record_invalid(listing.invalid, report, dry_run)
-        report.actions = self.plan(listing, states, dry_run)
+        self._record_invalid(listing.invalid, report, dry_run, states)
+        report.actions = self.plan(listing, states, report)
         if dry_run:
             return
+        if mode is Mode.FULL:
+            self._verify_activities(states, report.actions)
         deadline = started + self.settings.run_deadline
         for action in report.actions:
             if self.stop_requested.is_set():
-                report.stopped = "stop requested"
+                report.stopped = STOP_REQUESTED
                 break
             if time.monotonic() > deadline:
                 report.stopped = "run deadline reached; the rest waits for next run"
@@ -130,7 +180,7 @@ class SyncEngine:
         }
 
     def plan(
-        self, listing: Listing, states: dict[str, BookingState], dry_run: bool
+        self, listing: Listing, states: dict[str, BookingState], report: SyncReport
     ) -> list[Action]:
         """Turn a listing and the snapshot into the actions to apply."""
         now = self.now()
@@ -154,18 +204,21 @@ class SyncEngine:
             )
             if action is not None:
                 actions.append(action)
-        actions.extend(self._plan_vanished(listing, states, present, now))
+        actions.extend(self._plan_vanished(listing, states, present, now, report))
         return actions
 
     def _plan_due(
         self, booking: Booking, state: BookingState | None, now: datetime
     ) -> Action | None:
-        if state is not None and state.error and state.next_retry_at:
-            retry_at = state.next_retry_at.replace(
-                tzinfo=state.next_retry_at.tzinfo or UTC
-            )
+        """Plan a booking unless it failed before and its retry is not due.
+
+        A failure without a retry time (a rejection) waits until the booking
+        changes or an admin runs ``bookingsync retry``.
+        """
+        if state is not None and state.error:
             same = state.seen_fingerprint == booking.fingerprint()
-            if same and retry_at > now:
+            retry_at = state.next_retry_at
+            if same and (retry_at is None or retry_at > now):
                 return None
         return plan_booking(booking, state)
 
@@ -175,58 +228,134 @@ class SyncEngine:
         states: dict[str, BookingState],
         present: set[str],
         now: datetime,
+        report: SyncReport,
     ) -> list[Action]:
         horizon = now - timedelta(days=self.settings.lookback_days)
-        actions = []
-        for booking_id, state in states.items():
-            if booking_id in present or state.remote_state != RemoteState.ACTIVE.value:
-                continue
-            if not listing.covers(state.host_user_id):
-                continue
-            slot_end = state.slot_end
-            if slot_end is not None and slot_end.replace(tzinfo=UTC) < horizon:
-                continue
-            action = self._check_vanished(booking_id, state, now)
+        watched = [
+            state
+            for state in states.values()
+            if state.remote_state == RemoteState.ACTIVE.value
+            and listing.covers(state.host_user_id)
+            and (state.slot_end is None or state.slot_end >= horizon)
+        ]
+        vanished = [state for state in watched if state.booking_id not in present]
+        actions: list[Action] = []
+        unexplained: list[Action] = []
+        for state in vanished:
+            action, gone = self._check_vanished(state.booking_id, state, now)
             if action is not None:
-                actions.append(action)
-        return actions
+                (unexplained if gone else actions).append(action)
+        report.suspicious = self._suspicious(len(unexplained), len(watched))
+        if report.suspicious and not self.force:
+            logger.error(
+                "{reason}; none of them was cancelled. If they really were "
+                "deleted, run `bookingsync sync --force`",
+                reason=report.suspicious,
+            )
+            return actions
+        if report.suspicious:
+            logger.warning(
+                "{reason}; cancelling them because of --force", reason=report.suspicious
+            )
+            report.suspicious = None
+        return actions + unexplained
+
+    @staticmethod
+    def _suspicious(unexplained: int, watched: int) -> str | None:
+        """Return why many bookings gone without a trace look like a source fault."""
+        if (
+            unexplained >= SUSPICIOUS_MIN_VANISHED
+            and unexplained > SUSPICIOUS_SHARE * watched
+        ):
+            return (
+                f"{unexplained} of {watched} active bookings vanished from the source "
+                "without being cancelled (404 when fetched by id)"
+            )
+        return None
+
+    def _verify_activities(
+        self, states: dict[str, BookingState], actions: list[Action]
+    ) -> None:
+        """Mark activities deleted in Pipedrive by someone else (full rescans)."""
+        planned = {action.key for action in actions}
+        mapped = {
+            state.activity_id: state
+            for state in states.values()
+            if state.remote_state == RemoteState.ACTIVE.value
+            and state.activity_id is not None
+            and state.key not in planned
+        }
+        ids = sorted(activity_id for activity_id in mapped if activity_id is not None)
+        for start in range(0, len(ids), IDS_PER_LOOKUP):
+            chunk = ids[start : start + IDS_PER_LOOKUP]
+            found = {
+                int(item["id"])
+                for item in self.client.list_all(
+                    "/api/v2/activities", ids=",".join(str(i) for i in chunk)
+                )
+                if not item.get("is_deleted")
+            }
+            for activity_id in set(chunk) - found:
+                state = mapped[activity_id]
+                self.store.update_booking(
+                    state.key, remote_state=RemoteState.GONE.value
+                )
+                logger.warning(
+                    "Activity {activity_id} of booking {booking} was deleted in "
+                    "Pipedrive; it is recreated only if the booking changes",
+                    activity_id=activity_id,
+                    booking=state.key,
+                )
 
     def _check_vanished(
         self, booking_id: str, state: BookingState, now: datetime
-    ) -> Action | None:
+    ) -> tuple[Action | None, bool]:
+        """Fetch a booking missing from the listing; True when it is gone (404)."""
         fetched = self.source.fetch_booking(booking_id)
         if fetched is None:
             logger.info(
                 "Booking {booking} no longer exists in the source", booking=state.key
             )
-            return plan_cancel(state.key, state, now)
+            return plan_cancel(state.key, state, now), True
         if isinstance(fetched, Cancelled):
-            return plan_cancel(state.key, state, fetched.cancelled_at)
+            return plan_cancel(state.key, state, fetched.cancelled_at), False
         if isinstance(fetched, Booking):
-            return plan_booking(fetched, state)
-        return None
+            return plan_booking(fetched, state), False
+        return None, False
 
     def _record_invalid(
-        self, invalid: list[Invalid], report: SyncReport, dry_run: bool
+        self,
+        invalid: list[Invalid],
+        report: SyncReport,
+        dry_run: bool,
+        states: dict[str, BookingState],
     ) -> None:
         for item in invalid:
             label = item.booking_id or "(no id)"
             report.failed[label] = item.problem
-            logger.error(
+            known = states.get(item.booking_id) if item.booking_id else None
+            # A problem already recorded is logged once, not on every poll.
+            repeated = known is not None and known.error == item.problem
+            logger.log(
+                "DEBUG" if repeated else "ERROR",
                 "Event {booking_id} is invalid and was skipped: {problem}",
                 booking_id=label,
                 problem=item.problem,
             )
-            if item.booking_id and not dry_run:
+            if item.booking_id and not dry_run and not repeated:
                 key = f"{self.source.name}:{item.booking_id}"
-                self.store.update_booking(key, status="invalid")
-                self.store.record_failure(key, item.problem, self.now())
+                if known is None:
+                    self.store.update_booking(key, status="invalid")
+                self.store.record_failure(key, item.problem, self.now(), permanent=True)
 
     def _apply(self, action: Action, run: Run, report: SyncReport) -> None:
         try:
             self.applier.apply(action)
         except (AuthFailed, BudgetExhausted):
             raise
+        except Rejected as exc:
+            self._fail(action, run, report, str(exc), permanent=True)
+            return
         except BookingSyncError as exc:
             self._fail(action, run, report, str(exc))
             return
@@ -241,7 +370,14 @@ class SyncEngine:
         else:
             run.cancelled += 1
 
-    def _fail(self, action: Action, run: Run, report: SyncReport, problem: str) -> None:
+    def _fail(
+        self,
+        action: Action,
+        run: Run,
+        report: SyncReport,
+        problem: str,
+        permanent: bool = False,
+    ) -> None:
         run.failed += 1
         report.failed[action.key] = problem
         if action.booking is not None:
@@ -252,7 +388,7 @@ class SyncEngine:
                 slot_end=action.booking.end,
                 host_user_id=action.booking.host_user_id,
             )
-        self.store.record_failure(action.key, problem, self.now())
+        self.store.record_failure(action.key, problem, self.now(), permanent=permanent)
         logger.error(
             "Booking {booking} failed and will be retried: {error}",
             booking=action.key,
@@ -268,6 +404,9 @@ class SyncEngine:
         run.error = report.stopped
         if report.stopped:
             run.outcome = "stopped"
+        elif report.suspicious:
+            run.outcome = "suspicious"
+            run.error = report.suspicious
         elif report.failed:
             run.outcome = "partial"
         else:

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import DateTime
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 SCHEMA_VERSION = 1
@@ -21,6 +23,31 @@ SCHEMA_VERSION = 1
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A datetime stored as naive UTC and read back as aware UTC.
+
+    This behaves the same on SQLite, which keeps no offset, and on
+    PostgreSQL, where the session time zone would otherwise shift values.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: datetime | None, dialect: Any
+    ) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given; use an aware UTC time")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(
+        self, value: datetime | None, dialect: Any
+    ) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
 
 
 class RemoteState(StrEnum):
@@ -50,7 +77,7 @@ class BookingState(SQLModel, table=True):
     booking_id: str = Field(max_length=160)
     host_user_id: str | None = Field(default=None, max_length=64)
     status: str = Field(max_length=16)
-    slot_end: datetime | None = None
+    slot_end: datetime | None = Field(default=None, sa_type=UTCDateTime)
     source_updated_at: str | None = Field(default=None, max_length=64)
     seen_fingerprint: str | None = Field(default=None, max_length=64)
     seen_content: str | None = None
@@ -63,8 +90,8 @@ class BookingState(SQLModel, table=True):
     remote_state: str = RemoteState.NONE.value
     error: str | None = None
     attempts: int = 0
-    next_retry_at: datetime | None = None
-    updated_at: datetime = Field(default_factory=utcnow)
+    next_retry_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
     def synced(self) -> dict[str, Any] | None:
         return json.loads(self.synced_content) if self.synced_content else None
@@ -113,7 +140,7 @@ class Intent(SQLModel, table=True):
     booking_key: str = Field(primary_key=True, max_length=200)
     kind: str = Field(primary_key=True, max_length=32)
     natural_key: str = Field(primary_key=True, max_length=320)
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class Run(SQLModel, table=True):
@@ -125,8 +152,8 @@ class Run(SQLModel, table=True):
     trigger: str = Field(max_length=32)
     mode: str = Field(max_length=16)
     dry_run: bool = False
-    started_at: datetime = Field(default_factory=utcnow)
-    finished_at: datetime | None = None
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     outcome: str = Field(default="running", max_length=16)
     listed: int = 0
     created: int = 0

@@ -33,6 +33,14 @@ EMAIL_PATTERN = re.compile(
     r"^[^@\s<>(),;:\"\[\]]+@[^@\s<>(),;:\"\[\]]+\.[^@\s<>(),;:\"\[\]]+$"
 )
 URL_PATTERN = re.compile(r"^https?://\S+$", re.IGNORECASE)
+# JSON escapes such as "\ud800" decode to lone surrogates, which cannot be
+# encoded as UTF-8 for the database, the fingerprint or Pipedrive.
+LONE_SURROGATE_PATTERN = re.compile("[\ud800-\udfff]")
+
+# Every time-zone conversion of a time within these bounds stays inside the
+# range of Python's datetime, so later code can convert slots freely.
+EARLIEST_TIMESTAMP = datetime(2, 1, 1, tzinfo=UTC)
+LATEST_TIMESTAMP = datetime(9998, 12, 31, tzinfo=UTC)
 
 
 class VyteClient(ApiClient):
@@ -108,6 +116,7 @@ class VyteSource:
 
     def parse(self, raw: Any) -> Booking | Cancelled | Skipped | Invalid:
         """Normalize one raw event, or say why it is skipped or invalid."""
+        raw = _replace_lone_surrogates(raw)
         event_id = raw.get("_id") if isinstance(raw, dict) else None
         try:
             return parse_event(raw, self.settings, self.now())
@@ -186,6 +195,7 @@ def parse_event(raw: Any, settings: Settings, now: datetime) -> Booking | Cancel
     """
     if not isinstance(raw, dict):
         raise InvalidBooking(None, f"event is a {type(raw).__name__}, not an object")
+    raw = _replace_lone_surrogates(raw)
     event_id = raw.get("_id")
     if not isinstance(event_id, str) or not event_id.strip():
         title = raw.get("title")
@@ -220,7 +230,7 @@ class _EventParser:
             raise SkipEvent("not confirmed")
 
         start, end, all_day = self.slot(confirmed)
-        if end < self.now - timedelta(days=self.settings.lookback_days):
+        if self.now - end > timedelta(days=self.settings.lookback_days):
             raise SkipEvent(
                 f"ended on {end:%Y-%m-%d}, before the lookback window of "
                 f"{self.settings.lookback_days} days (BOOKINGSYNC_LOOKBACK_DAYS)"
@@ -281,7 +291,13 @@ class _EventParser:
             raise self.fail(f"{label} {value!r} is not an ISO 8601 timestamp") from None
         if parsed.tzinfo is None:
             raise self.fail(f"{label} {value!r} has no UTC offset")
-        return parsed.astimezone(UTC)
+        try:
+            utc = parsed.astimezone(UTC)
+        except OverflowError:
+            utc = None
+        if utc is None or not EARLIEST_TIMESTAMP <= utc <= LATEST_TIMESTAMP:
+            raise self.fail(f"{label} {value!r} is outside the years 2 to 9998")
+        return utc
 
     def slot(self, confirmed: dict[str, Any]) -> tuple[datetime, datetime, bool]:
         date_id = confirmed.get("date_id")
@@ -384,6 +400,20 @@ def normalize_email(value: Any) -> str | None:
         return None
     email = value.strip().lower()
     return email if EMAIL_PATTERN.match(email) else None
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    """Return a copy of a JSON value with lone surrogates replaced by U+FFFD."""
+    if isinstance(value, str):
+        return LONE_SURROGATE_PATTERN.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            _replace_lone_surrogates(key): _replace_lone_surrogates(item)
+            for key, item in value.items()
+        }
+    return value
 
 
 def _exact_name(value: Any) -> str | None:

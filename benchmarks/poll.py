@@ -1,0 +1,325 @@
+"""Poll scaling: time and memory of one poll over 1,000 to 50,000 events.
+
+Vyte has no "changed since" filter, so every poll downloads and parses every
+event. The floor of a poll is therefore ``json.loads`` of the response body,
+and each figure is reported as a ratio to that floor.
+
+For each size the benchmark
+
+1. generates the events (``harness.varied_event``) and picks every 100th as
+   the 1% that changes;
+2. starts ``benchmarks.serve`` in its own process, so the emulators' CPU time
+   is not counted as the daemon's;
+3. writes the state database a previous sync would have left: one synced
+   snapshot per event, plus the Pipedrive ids of the changed bookings;
+4. runs ``benchmarks.probe`` in a fresh process per measurement, on a fresh
+   copy of that database.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import HOST_EMAIL, make_settings, varied_event
+from bookingsync.app import open_store
+from bookingsync.engine.mapping import organization_name
+from bookingsync.models.booking import Booking
+from bookingsync.models.state import (
+    BookingState,
+    OrganizationMap,
+    PersonMap,
+    RemoteState,
+)
+from bookingsync.sandbox.vyte_events import new_object_id
+from bookingsync.settings import Settings
+from bookingsync.sources.vyte import VyteSource
+
+ROOT = Path(__file__).resolve().parents[1]
+# Above every size measured, so one request lists all events, as it does for
+# an organization whose page limit is set above its event count.
+PAGE_LIMIT = 100_000
+# The poll benchmark measures CPU and memory, not pacing, so the daemon may
+# send as fast as the (unlimited) emulator answers.
+BURST_LIMIT = 100_000
+CHANGED_EVERY = 100
+PLACEHOLDER_ID_BASE = 10**8
+
+
+@dataclass(frozen=True)
+class PollFigures:
+    """One poll configuration: medians over the repetitions."""
+
+    events: int
+    variant: str
+    body_bytes: int
+    wall_seconds: float
+    cpu_seconds: float
+    peak_added_bytes: int
+    parse_cpu_seconds: float
+    download_parse_cpu_seconds: float
+    download_parse_wall_seconds: float
+    floor_peak_added_bytes: int
+    unchanged: int
+    updated: int
+    pipedrive_requests: int
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.cpu_seconds / self.parse_cpu_seconds
+
+    @property
+    def wall_ratio(self) -> float:
+        return self.wall_seconds / self.parse_cpu_seconds
+
+    @property
+    def memory_ratio(self) -> float:
+        return self.peak_added_bytes / self.body_bytes
+
+
+@dataclass(frozen=True)
+class Fixture:
+    workdir: Path
+    database: Path
+    events: int
+    changed_ids: list[str]
+
+
+def run(workdir: Path, sizes: tuple[int, ...], repeats: int) -> list[PollFigures]:
+    """Measure every size, with none and with 1% of the events changed."""
+    figures = []
+    for size in sizes:
+        figures.extend(measure_size(workdir / f"poll-{size}", size, repeats))
+    return figures
+
+
+def measure_size(workdir: Path, size: int, repeats: int) -> list[PollFigures]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    events, changed_ids = generate_events(size)
+    events_file = workdir / "events.json"
+    events_file.write_text(json.dumps(events), encoding="utf-8")
+    spec = {
+        "events_file": str(events_file),
+        "changed_ids": changed_ids,
+        "page_limit": PAGE_LIMIT,
+    }
+    with emulator_process(workdir, spec) as ready:
+        database = seed_database(workdir, events, changed_ids, ready)
+        del events
+        fixture = Fixture(workdir, database, size, changed_ids)
+        return [
+            measure_variant(fixture, ready, "none changed", "vyte_base", repeats),
+            measure_variant(fixture, ready, "1% changed", "vyte_changed", repeats),
+        ]
+
+
+def generate_events(size: int) -> tuple[list[dict[str, Any]], list[str]]:
+    rng = random.Random(size)
+    host_id = new_object_id()
+    events = [varied_event(host_id, index, rng) for index in range(size)]
+    changed_ids = [events[i]["_id"] for i in range(0, size, CHANGED_EVERY)]
+    return events, changed_ids
+
+
+@contextmanager
+def emulator_process(workdir: Path, spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Start ``benchmarks.serve`` and yield the URLs and ids it prints."""
+    spec_file = workdir / "serve.json"
+    spec_file.write_text(json.dumps(spec), encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.serve", str(spec_file)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError("benchmarks.serve exited before it was ready")
+        yield json.loads(line)
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()
+        process.wait(timeout=60)
+
+
+def seed_database(
+    workdir: Path,
+    events: list[dict[str, Any]],
+    changed_ids: list[str],
+    ready: dict[str, Any],
+) -> Path:
+    """Write the snapshot a previous sync of ``events`` would have left.
+
+    The changed bookings point at the Pipedrive items that the emulator
+    process seeded, and their persons and organizations are in the local
+    mapping, so updating them needs no search. The other bookings carry
+    placeholder ids that the poll never sends to Pipedrive.
+    """
+    database = workdir / "seed" / "bookingsync.db"
+    settings = make_settings(
+        database.parent,
+        ready["vyte_base"],
+        ready["pipedrive"],
+        vyte_page_limit=PAGE_LIMIT,
+    )
+    source = VyteSource(settings)
+    store = open_store(settings)
+    seeded = dict(zip(changed_ids, ready["seeded"], strict=True))
+    rows: list[Any] = []
+    for index, raw in enumerate(events):
+        booking = source.parse(raw)
+        if not isinstance(booking, Booking):
+            raise RuntimeError(f"generated event {index} did not parse: {booking}")
+        ids = seeded.get(booking.booking_id) or placeholder_ids(index)
+        rows.extend(state_rows(booking, ids, settings, booking.booking_id in seeded))
+    with store.session() as session:
+        session.add_all(rows)
+        session.commit()
+    store.cache_users({HOST_EMAIL: ready["pipedrive_user_id"]})
+    source.close()
+    store.engine.dispose()
+    return database
+
+
+def placeholder_ids(index: int) -> dict[str, Any]:
+    base = PLACEHOLDER_ID_BASE + 4 * index
+    return {
+        "org_id": base,
+        "person_ids": [base + 1, base + 2],
+        "deal_id": base + 3,
+        "activity_id": base,
+    }
+
+
+def state_rows(
+    booking: Booking, ids: dict[str, Any], settings: Settings, mapped: bool
+) -> list[Any]:
+    """Return the snapshot row of a synced booking, plus its mapping rows."""
+    organization = organization_name(booking.booker, settings)
+    org_id = ids["org_id"] if organization else None
+    person_ids = ids["person_ids"][: len(booking.invitees)]
+    fingerprint = booking.fingerprint()
+    rows: list[Any] = [
+        BookingState(
+            key=booking.key,
+            source=booking.source,
+            booking_id=booking.booking_id,
+            host_user_id=booking.host_user_id,
+            status="confirmed",
+            slot_end=booking.end,
+            source_updated_at=booking.source_updated_at,
+            seen_fingerprint=fingerprint,
+            synced_fingerprint=fingerprint,
+            synced_content=booking.model_dump_json(),
+            org_id=org_id,
+            person_ids=json.dumps(person_ids),
+            deal_id=ids["deal_id"],
+            activity_id=ids["activity_id"],
+            remote_state=RemoteState.ACTIVE.value,
+        )
+    ]
+    if mapped:
+        rows.extend(
+            PersonMap(email=invitee.email, person_id=person_id)
+            for invitee, person_id in zip(booking.invitees, person_ids, strict=False)
+        )
+        if organization:
+            rows.append(OrganizationMap(name_key=organization.casefold(), org_id=org_id))
+    return rows
+
+
+def measure_variant(
+    fixture: Fixture, ready: dict[str, Any], variant: str, vyte: str, repeats: int
+) -> PollFigures:
+    base = {
+        "vyte_url": ready[vyte],
+        "pipedrive_url": ready["pipedrive"],
+        "page_limit": PAGE_LIMIT,
+        "burst_limit": BURST_LIMIT,
+    }
+    floor = probe({**base, "kind": "floor"})
+    floor_memory = probe({**base, "kind": "floor-memory"})
+    runs = [
+        probe_poll(fixture, base, "poll", f"{variant}-{n}") for n in range(repeats)
+    ]
+    memory = probe_poll(fixture, base, "poll-memory", f"{variant}-memory")
+    for result in [*runs, memory]:
+        check_poll(result, fixture, variant)
+    return PollFigures(
+        events=fixture.events,
+        variant=variant,
+        body_bytes=floor["body_bytes"],
+        wall_seconds=statistics.median(r["wall_seconds"] for r in runs),
+        cpu_seconds=statistics.median(r["cpu_seconds"] for r in runs),
+        peak_added_bytes=memory["peak_added_bytes"],
+        parse_cpu_seconds=floor["parse_cpu_seconds"],
+        download_parse_cpu_seconds=floor["download_parse_cpu_seconds"],
+        download_parse_wall_seconds=floor["download_parse_wall_seconds"],
+        floor_peak_added_bytes=floor_memory["peak_added_bytes"],
+        unchanged=runs[0]["unchanged"],
+        updated=runs[0]["updated"],
+        pipedrive_requests=runs[0]["pipedrive_requests"],
+    )
+
+
+def probe_poll(
+    fixture: Fixture, base: dict[str, Any], kind: str, label: str
+) -> dict[str, Any]:
+    """Copy the seeded database and run one poll on the copy."""
+    workdir = fixture.workdir / label.replace(" ", "-").replace("%", "pct")
+    workdir.mkdir(parents=True, exist_ok=True)
+    database = workdir / "bookingsync.db"
+    shutil.copyfile(fixture.database, database)
+    spec = {
+        **base,
+        "kind": kind,
+        "workdir": str(workdir),
+        "database_url": f"sqlite:///{database}",
+    }
+    return probe(spec)
+
+
+def probe(spec: dict[str, Any]) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.probe", json.dumps(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"benchmarks.probe {spec['kind']} failed with exit status "
+            f"{completed.returncode}:\n{completed.stderr}"
+        )
+    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return result
+
+
+def check_poll(result: dict[str, Any], fixture: Fixture, variant: str) -> None:
+    """Raise unless the poll did what the variant sets up."""
+    changed = len(fixture.changed_ids) if variant != "none changed" else 0
+    expected = {
+        "ok": True,
+        "unchanged": fixture.events - changed,
+        "updated": changed,
+        "created": 0,
+    }
+    wrong = {key for key, value in expected.items() if result.get(key) != value}
+    if wrong:
+        raise RuntimeError(
+            f"the {variant} poll over {fixture.events} events did not do what "
+            f"was set up: expected {expected}, got {result}"
+        )

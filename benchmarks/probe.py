@@ -1,0 +1,178 @@
+"""Measure one poll, or the JSON parse floor, in a fresh process.
+
+``ru_maxrss`` is a per-process high-water mark, so each memory figure needs a
+process of its own. The poll benchmark starts this module once per
+measurement with a JSON spec as its only argument and reads one JSON line of
+figures from its output.
+
+Kinds of measurement (``spec["kind"]``):
+
+- ``poll`` (or ``poll-memory``): wall time, CPU time and the peak resident
+  memory added by one ``App.sync()`` against the emulators and the state
+  database named in the spec. The two kinds differ only in name, because
+  the benchmark reads the time from one process and the memory from another.
+- ``poll-profile``: the same poll under cProfile, with the top functions.
+- ``floor``: download the same listing with httpx, then time ``json.loads``
+  of the exact body bytes (best of three) and the download plus parse.
+- ``floor-memory``: the peak resident memory that downloading and parsing
+  the listing adds.
+
+Run: ``python -m benchmarks.probe '{"kind": "poll", ...}'``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes() -> int:
+    """Return the process's current resident set size."""
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * PAGE_SIZE
+
+
+def peak_resident_bytes() -> int:
+    """Return the process's peak resident set size (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def build_app(spec: dict[str, Any]) -> Any:
+    from benchmarks.harness import isolate_environment, make_settings
+    from bookingsync.app import App
+
+    isolate_environment()
+    settings = make_settings(
+        Path(spec["workdir"]),
+        spec["vyte_url"],
+        spec["pipedrive_url"],
+        database_url=spec["database_url"],
+        vyte_page_limit=spec["page_limit"],
+        pipedrive_burst_limit=spec["burst_limit"],
+    )
+    return App.build(settings)
+
+
+def measure_poll(spec: dict[str, Any], profiler: Any = None) -> dict[str, Any]:
+    app = build_app(spec)
+    resident_before = resident_bytes()
+    cpu_before = time.process_time()
+    wall_before = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    report = app.sync(trigger="benchmark")
+    if profiler is not None:
+        profiler.disable()
+    wall = time.perf_counter() - wall_before
+    cpu = time.process_time() - cpu_before
+    peak_added = peak_resident_bytes() - resident_before
+    app.close()
+
+    run = report.run
+    return {
+        "ok": report.ok,
+        "failed": len(report.failed),
+        "listed": run.listed if run else None,
+        "unchanged": run.unchanged if run else None,
+        "updated": run.updated if run else None,
+        "created": run.created if run else None,
+        "pipedrive_requests": run.requests if run else None,
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "peak_added_bytes": peak_added,
+    }
+
+
+def profile_poll(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the poll under cProfile and return the functions that cost most."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    figures = measure_poll(spec, profiler)
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text).strip_dirs()
+    stats.sort_stats("tottime").print_stats(spec.get("top", 25))
+    figures["profile"] = text.getvalue()
+    return figures
+
+
+def listing_client(spec: dict[str, Any]) -> Any:
+    """Return an httpx client for the listing, built before any timing starts."""
+    import httpx
+
+    from benchmarks.harness import VYTE_KEY
+
+    return httpx.Client(
+        base_url=spec["vyte_url"],
+        timeout=120,
+        headers={"Authorization": VYTE_KEY, "Accept": "application/json"},
+    )
+
+
+def download(client: Any, spec: dict[str, Any]) -> bytes:
+    response = client.get("/v2/events", params={"limit": str(spec["page_limit"])})
+    response.raise_for_status()
+    body: bytes = response.content
+    return body
+
+
+def measure_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    client = listing_client(spec)
+    cpu_before = time.process_time()
+    wall_before = time.perf_counter()
+    body = download(client, spec)
+    json.loads(body)
+    download_cpu = time.process_time() - cpu_before
+    download_wall = time.perf_counter() - wall_before
+
+    parse_cpu = parse_wall = float("inf")
+    for _ in range(3):
+        cpu_before = time.process_time()
+        wall_before = time.perf_counter()
+        json.loads(body)
+        parse_cpu = min(parse_cpu, time.process_time() - cpu_before)
+        parse_wall = min(parse_wall, time.perf_counter() - wall_before)
+    return {
+        "body_bytes": len(body),
+        "parse_cpu_seconds": parse_cpu,
+        "parse_wall_seconds": parse_wall,
+        "download_parse_cpu_seconds": download_cpu,
+        "download_parse_wall_seconds": download_wall,
+    }
+
+
+def measure_floor_memory(spec: dict[str, Any]) -> dict[str, Any]:
+    client = listing_client(spec)
+    resident_before = resident_bytes()
+    events = json.loads(download(client, spec))
+    peak_added = peak_resident_bytes() - resident_before
+    return {"events": len(events), "peak_added_bytes": peak_added}
+
+
+def main(argument: str) -> None:
+    spec = json.loads(argument)
+    kind = spec["kind"]
+    if kind in ("poll", "poll-memory"):
+        figures = measure_poll(spec)
+    elif kind == "poll-profile":
+        figures = profile_poll(spec)
+    elif kind == "floor":
+        figures = measure_floor(spec)
+    elif kind == "floor-memory":
+        figures = measure_floor_memory(spec)
+    else:
+        raise SystemExit(f"unknown measurement kind {kind!r}")
+    print(json.dumps(figures), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
