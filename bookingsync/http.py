@@ -19,6 +19,7 @@ from loguru import logger
 from bookingsync.errors import (
     ApiError,
     AuthFailed,
+    BudgetExhausted,
     NotFound,
     RateLimited,
     Rejected,
@@ -98,7 +99,9 @@ class ApiClient:
             try:
                 return self._send_once(method, path, params, body)
             except RateLimited as exc:
-                if not self._should_retry(attempt, exc, retryable=True):
+                # A spent daily budget only comes back after the reset.
+                retryable = not isinstance(exc, BudgetExhausted)
+                if not self._should_retry(attempt, exc, retryable=retryable):
                     raise
                 delay = min(exc.retry_after, RETRY_AFTER_CAP_SECONDS)
             except TransientError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -124,6 +126,36 @@ def app(make_app: Callable[..., App]) -> App:
 @pytest.fixture
 def host_id(vyte_emulator: VyteEmulator) -> str:
     return vyte_emulator.add_user("Sam Seller", HOST_EMAIL)
+
+
+@pytest.fixture
+def cli_env(
+    vyte: EmulatorServer, pipedrive: EmulatorServer, database_url: str
+) -> dict[str, str]:
+    """Environment for a bookingsync subprocess pointed at the emulators."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKINGSYNC_")}
+    env.update(
+        {
+            "BOOKINGSYNC_VYTE_API_KEY": VYTE_KEY,
+            "BOOKINGSYNC_VYTE_BASE_URL": vyte.url,
+            "BOOKINGSYNC_PIPEDRIVE_API_TOKEN": PIPEDRIVE_TOKEN,
+            "BOOKINGSYNC_PIPEDRIVE_BASE_URL": pipedrive.url,
+            "BOOKINGSYNC_DATABASE_URL": database_url,
+            "BOOKINGSYNC_PIPEDRIVE_BURST_LIMIT": "1000",
+            "BOOKINGSYNC_LOOKBACK_DAYS": "100000",
+        }
+    )
+    return env
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bookingsync", "--config", os.devnull, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def in_days(days: float, hour: int = 9, minute: int = 0) -> datetime:

@@ -19,39 +19,9 @@ from bookingsync.sandbox.pipedrive import PipedriveEmulator
 from bookingsync.sandbox.server import EmulatorServer
 from bookingsync.sandbox.vyte import VyteEmulator
 from bookingsync.sandbox.vyte_events import build_event
-from tests.conftest import HOST_EMAIL, PIPEDRIVE_TOKEN, VYTE_KEY
+from tests.conftest import HOST_EMAIL, run_cli
 
 AddBooking = Callable[..., dict[str, Any]]
-
-
-@pytest.fixture
-def cli_env(
-    vyte: EmulatorServer, pipedrive: EmulatorServer, database_url: str
-) -> dict[str, str]:
-    """Environment for a bookingsync subprocess pointed at the emulators."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKINGSYNC_")}
-    env.update(
-        {
-            "BOOKINGSYNC_VYTE_API_KEY": VYTE_KEY,
-            "BOOKINGSYNC_VYTE_BASE_URL": vyte.url,
-            "BOOKINGSYNC_PIPEDRIVE_API_TOKEN": PIPEDRIVE_TOKEN,
-            "BOOKINGSYNC_PIPEDRIVE_BASE_URL": pipedrive.url,
-            "BOOKINGSYNC_DATABASE_URL": database_url,
-            "BOOKINGSYNC_PIPEDRIVE_BURST_LIMIT": "1000",
-            "BOOKINGSYNC_LOOKBACK_DAYS": "100000",
-        }
-    )
-    return env
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bookingsync", "--config", os.devnull, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_cli_sync_exit_zero_when_all_applied(

@@ -330,8 +330,8 @@ class SyncEngine:
         dry_run: bool,
         states: dict[str, BookingState],
     ) -> None:
-        for item in invalid:
-            label = item.booking_id or "(no id)"
+        for index, item in enumerate(invalid, start=1):
+            label = item.booking_id or f"(event without _id, #{index} of this poll)"
             report.failed[label] = item.problem
             known = states.get(item.booking_id) if item.booking_id else None
             # A problem already recorded is logged once, not on every poll.
