@@ -8,8 +8,10 @@ request log and ``tokens_spent``), not from the client's estimate.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -30,6 +32,7 @@ from bookingsync.sandbox.vyte import VyteEmulator
 from bookingsync.sandbox.vyte_events import JsonObject, build_event
 from bookingsync.settings import Settings, load_settings
 
+ROOT = Path(__file__).resolve().parents[1]
 VYTE_KEY = "bench-vyte-key-7c1e"
 PIPEDRIVE_TOKEN = "bench-pipedrive-token-5d02"
 HOST_EMAIL = "sam.seller@oursales.example"
@@ -113,6 +116,55 @@ def endpoint_name(method: str, path: str) -> str:
     return f"{method} {'/'.join(segments)}"
 
 
+class EmulatorProcess:
+    """``benchmarks.serve`` running in a child process, with its spec.
+
+    Use it as a context manager; ``ready`` holds the URLs and ids it printed.
+    """
+
+    def __init__(self, workdir: Path, spec: dict[str, Any]) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        spec_file = workdir / "serve.json"
+        spec_file.write_text(json.dumps(spec), encoding="utf-8")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.serve", str(spec_file)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.ready = self._read_line()
+
+    def stats(self) -> dict[str, Any]:
+        """Return the Pipedrive emulator's tokens spent and request counts."""
+        if self._process.stdin is None:
+            raise RuntimeError("benchmarks.serve has no standard input")
+        self._process.stdin.write("stats\n")
+        self._process.stdin.flush()
+        return self._read_line()
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        self._process.wait(timeout=60)
+
+    def __enter__(self) -> EmulatorProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _read_line(self) -> dict[str, Any]:
+        line = self._process.stdout.readline() if self._process.stdout else ""
+        if not line:
+            self._process.kill()
+            raise RuntimeError(
+                f"benchmarks.serve exited with status {self._process.wait()}"
+            )
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+
 @dataclass
 class Sandbox:
     """Both emulators served on loopback and a daemon pointed at them."""
@@ -181,7 +233,9 @@ def sandbox(
     pipedrive.add_user(HOST_NAME, HOST_EMAIL)
     settings.setdefault("pipedrive_burst_limit", burst_limit or 1000)
     with EmulatorServer(vyte) as vyte_server, EmulatorServer(pipedrive) as pd_server:
-        app = App.build(make_settings(workdir, vyte_server.url, pd_server.url, **settings))
+        app = App.build(
+            make_settings(workdir, vyte_server.url, pd_server.url, **settings)
+        )
         try:
             yield Sandbox(vyte, vyte_server, pipedrive, pd_server, host_id, app)
         finally:

@@ -24,13 +24,17 @@ import shutil
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import HOST_EMAIL, make_settings, varied_event
+from benchmarks.harness import (
+    HOST_EMAIL,
+    ROOT,
+    EmulatorProcess,
+    make_settings,
+    varied_event,
+)
 from bookingsync.app import open_store
 from bookingsync.engine.mapping import organization_name
 from bookingsync.models.booking import Booking
@@ -44,7 +48,6 @@ from bookingsync.sandbox.vyte_events import new_object_id
 from bookingsync.settings import Settings
 from bookingsync.sources.vyte import VyteSource
 
-ROOT = Path(__file__).resolve().parents[1]
 # Above every size measured, so one request lists all events, as it does for
 # an organization whose page limit is set above its event count.
 PAGE_LIMIT = 100_000
@@ -108,11 +111,15 @@ def measure_size(workdir: Path, size: int, repeats: int) -> list[PollFigures]:
     events_file = workdir / "events.json"
     events_file.write_text(json.dumps(events), encoding="utf-8")
     spec = {
-        "events_file": str(events_file),
-        "changed_ids": changed_ids,
-        "page_limit": PAGE_LIMIT,
+        "vyte": {
+            "events_file": str(events_file),
+            "changed_ids": changed_ids,
+            "page_limit": PAGE_LIMIT,
+        },
+        "pipedrive": {"seed_sets": len(changed_ids)},
     }
-    with emulator_process(workdir, spec) as ready:
+    with EmulatorProcess(workdir, spec) as emulators:
+        ready = emulators.ready
         database = seed_database(workdir, events, changed_ids, ready)
         del events
         fixture = Fixture(workdir, database, size, changed_ids)
@@ -128,30 +135,6 @@ def generate_events(size: int) -> tuple[list[dict[str, Any]], list[str]]:
     events = [varied_event(host_id, index, rng) for index in range(size)]
     changed_ids = [events[i]["_id"] for i in range(0, size, CHANGED_EVERY)]
     return events, changed_ids
-
-
-@contextmanager
-def emulator_process(workdir: Path, spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Start ``benchmarks.serve`` and yield the URLs and ids it prints."""
-    spec_file = workdir / "serve.json"
-    spec_file.write_text(json.dumps(spec), encoding="utf-8")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.serve", str(spec_file)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None and process.stdin is not None
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError("benchmarks.serve exited before it was ready")
-        yield json.loads(line)
-    finally:
-        if process.stdin is not None:
-            process.stdin.close()
-        process.wait(timeout=60)
 
 
 def seed_database(
@@ -236,7 +219,9 @@ def state_rows(
             for invitee, person_id in zip(booking.invitees, person_ids, strict=False)
         )
         if organization:
-            rows.append(OrganizationMap(name_key=organization.casefold(), org_id=org_id))
+            rows.append(
+                OrganizationMap(name_key=organization.casefold(), org_id=org_id)
+            )
     return rows
 
 
@@ -251,9 +236,7 @@ def measure_variant(
     }
     floor = probe({**base, "kind": "floor"})
     floor_memory = probe({**base, "kind": "floor-memory"})
-    runs = [
-        probe_poll(fixture, base, "poll", f"{variant}-{n}") for n in range(repeats)
-    ]
+    runs = [probe_poll(fixture, base, "poll", f"{variant}-{n}") for n in range(repeats)]
     memory = probe_poll(fixture, base, "poll-memory", f"{variant}-memory")
     for result in [*runs, memory]:
         check_poll(result, fixture, variant)

@@ -1,17 +1,24 @@
-"""Serve the emulators from a separate process for the poll benchmark.
+"""Serve the emulators from a separate process.
 
-The poll benchmark measures the daemon's CPU time and memory, so the
-emulators must not run inside the measured process. This runner reads a spec
-(JSON) naming an events file, starts on 127.0.0.1:
+The poll benchmark measures the daemon's CPU time and memory, and the backfill
+measures how close the daemon's pacing gets to Pipedrive's burst limit. In
+both, emulators running inside the daemon's process would compete with it for
+the CPU and the GIL, so this runner serves them from a process of its own.
 
-- a Vyte emulator holding those events ("base");
-- a second Vyte emulator holding the same events with some of them
-  rescheduled through ``VyteEmulator.reschedule`` ("changed");
-- a Pipedrive emulator seeded with one person, organization, deal and
-  activity per rescheduled booking, so the daemon's updates find them;
+It reads a JSON spec, starts on 127.0.0.1
 
-prints one JSON line with the URLs and seeded ids, and serves until its
-standard input closes.
+- with ``"vyte"``: a Vyte emulator holding the events of ``events_file``
+  ("base") and a second one with the events of ``changed_ids`` rescheduled
+  through ``VyteEmulator.reschedule`` ("changed");
+- always: a Pipedrive emulator with the spec's ``burst_limit`` and
+  ``daily_token_budget``, seeded with ``seed_sets`` sets of one organization,
+  two persons, a deal and an activity;
+
+prints one JSON line with the URLs and seeded ids, then answers commands on
+standard input, one per line, until it closes:
+
+- ``stats``: print the Pipedrive emulator's ``tokens_spent`` and its request
+  log, counted by method, endpoint and status, as one JSON line.
 
 The encoded ``GET /v2/events`` response is cached per query, because the
 events do not change while the runner lives. The daemon therefore waits only
@@ -25,10 +32,18 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections import Counter
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 
-from benchmarks.harness import HOST_EMAIL, HOST_NAME, PIPEDRIVE_TOKEN, VYTE_KEY
+from benchmarks.harness import (
+    HOST_EMAIL,
+    HOST_NAME,
+    PIPEDRIVE_TOKEN,
+    VYTE_KEY,
+    endpoint_name,
+)
 from bookingsync.sandbox.pipedrive import PipedriveEmulator
 from bookingsync.sandbox.server import EmulatorServer, Request, Response
 from bookingsync.sandbox.vyte import VyteEmulator
@@ -71,7 +86,7 @@ class CachedListing:
 
 
 def vyte_emulator(events: list[JsonObject]) -> VyteEmulator:
-    # The events already name their host; the runner lists no users, because
+    # The events already name their host. The runner lists no users, because
     # the daemon asks for them only when a listing comes back full.
     emulator = VyteEmulator(api_key=VYTE_KEY)
     for event in events:
@@ -126,37 +141,53 @@ def seed_pipedrive(emulator: PipedriveEmulator, count: int) -> list[dict[str, An
     return seeded
 
 
+def serve_vyte(spec: dict[str, Any], stack: ExitStack) -> dict[str, Any]:
+    with open(spec["events_file"], encoding="utf-8") as handle:
+        events = json.load(handle)
+    base = vyte_emulator(events)
+    changed = vyte_emulator(events)
+    del events
+    reschedule(changed, spec["changed_ids"])
+    urls = {}
+    for name, emulator in (("vyte_base", base), ("vyte_changed", changed)):
+        app = CachedListing(emulator)
+        app.warm(spec["page_limit"])
+        urls[name] = stack.enter_context(EmulatorServer(app)).url
+    return urls
+
+
+def pipedrive_stats(
+    emulator: PipedriveEmulator, server: EmulatorServer
+) -> dict[str, Any]:
+    counts = Counter(
+        (r.method, endpoint_name(r.method, r.path), r.status) for r in server.requests
+    )
+    return {
+        "tokens_spent": emulator.tokens_spent,
+        "requests": [[*key, count] for key, count in sorted(counts.items())],
+    }
+
+
 def main(spec_path: str) -> None:
     with open(spec_path, encoding="utf-8") as handle:
         spec = json.load(handle)
-    with open(spec["events_file"], encoding="utf-8") as handle:
-        events = json.load(handle)
-
-    base = vyte_emulator(events)
-    changed = vyte_emulator(events)
-    reschedule(changed, spec["changed_ids"])
-    del events
-    pipedrive = PipedriveEmulator(token=PIPEDRIVE_TOKEN)
+    options = spec["pipedrive"]
+    pipedrive = PipedriveEmulator(
+        token=PIPEDRIVE_TOKEN,
+        burst_limit=options.get("burst_limit"),
+        daily_token_budget=options.get("daily_token_budget"),
+    )
     user_id = pipedrive.add_user(HOST_NAME, HOST_EMAIL)
-    seeded = seed_pipedrive(pipedrive, len(spec["changed_ids"]))
+    seeded = seed_pipedrive(pipedrive, options.get("seed_sets", 0))
 
-    base_app, changed_app = CachedListing(base), CachedListing(changed)
-    sizes = [app.warm(spec["page_limit"]) for app in (base_app, changed_app)]
-    with (
-        EmulatorServer(base_app) as base_server,
-        EmulatorServer(changed_app) as changed_server,
-        EmulatorServer(pipedrive) as pipedrive_server,
-    ):
-        ready = {
-            "vyte_base": base_server.url,
-            "vyte_changed": changed_server.url,
-            "pipedrive": pipedrive_server.url,
-            "pipedrive_user_id": user_id,
-            "seeded": seeded,
-            "body_bytes": sizes,
-        }
+    with ExitStack() as stack:
+        ready = serve_vyte(spec["vyte"], stack) if spec.get("vyte") else {}
+        server = stack.enter_context(EmulatorServer(pipedrive))
+        ready.update(pipedrive=server.url, pipedrive_user_id=user_id, seeded=seeded)
         print(json.dumps(ready), flush=True)
-        sys.stdin.read()
+        for line in sys.stdin:
+            if line.strip() == "stats":
+                print(json.dumps(pipedrive_stats(pipedrive, server)), flush=True)
 
 
 if __name__ == "__main__":

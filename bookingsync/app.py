@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
+from loguru import logger
 from sqlalchemy.engine import make_url
 
 from bookingsync.daemon.lock import SyncLock
+from bookingsync.engine.admin import prune
 from bookingsync.engine.store import Store
 from bookingsync.engine.sync import Mode, SyncEngine, SyncReport
 from bookingsync.logs import redactor
@@ -76,13 +80,41 @@ class App:
         trigger: str = "manual",
         wait_seconds: float = 0.0,
         force: bool = False,
+        since: datetime | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> SyncReport:
-        """Run one pass under the sync lock; raises ``LockBusy`` when held."""
+        """Run one pass under the sync lock; raises ``LockBusy`` when held.
+
+        A full rescan also prunes snapshots older than the retention setting.
+        """
         self.lock.acquire(wait_seconds)
         try:
-            return self.engine.run(mode, dry_run=dry_run, trigger=trigger, force=force)
+            report = self.engine.run(
+                mode,
+                dry_run=dry_run,
+                trigger=trigger,
+                force=force,
+                since=since,
+                progress=progress,
+            )
+            if mode is Mode.FULL and not dry_run:
+                self.prune()
+            return report
         finally:
             self.lock.release()
+
+    def prune(self) -> None:
+        bookings, runs = prune(
+            self.store, self.engine.now(), self.settings.effective_retention_days
+        )
+        if bookings or runs:
+            logger.info(
+                "Pruned {bookings} booking snapshots and {runs} runs older than "
+                "{days} days",
+                bookings=bookings,
+                runs=runs,
+                days=self.settings.effective_retention_days,
+            )
 
     def close(self) -> None:
         self.source.close()

@@ -12,13 +12,22 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+from loguru import logger
 
 from bookingsync.engine.sync import STOP_REQUESTED
-from bookingsync.errors import ApiError, ConfigurationError, LockBusy
+from bookingsync.errors import (
+    ApiError,
+    BookingSyncError,
+    ConfigurationError,
+    LockBusy,
+)
 from bookingsync.logs import configure_logging
 from bookingsync.settings import LogFormat, Settings, load_settings
 
@@ -38,8 +47,16 @@ class Context:
         self.log_level = log_level
         self.log_format = log_format
 
-    def settings(self) -> Settings:
+    def settings(self, needs_credentials: bool = True) -> Settings:
+        """Load the settings or exit 2 listing every problem.
+
+        Commands that only read local state pass ``needs_credentials=False``:
+        an admin running them usually cannot read the daemon's systemd
+        credentials, so placeholders stand in for the API secrets.
+        """
         overrides: dict[str, Any] = {}
+        if not needs_credentials:
+            overrides.update(NO_CREDENTIALS)
         if self.log_level:
             overrides["log_level"] = self.log_level
         if self.log_format:
@@ -52,6 +69,8 @@ class Context:
         configure_logging(settings.log_level, settings.log_format is LogFormat.JSON)
         return settings
 
+
+NO_CREDENTIALS = {"vyte_api_key": "unused", "pipedrive_api_token": "unused"}
 
 pass_context = click.make_pass_decorator(Context)
 
@@ -122,8 +141,22 @@ def run(context: Context) -> None:
     is_flag=True,
     help="Cancel bookings even when many vanished from the source at once.",
 )
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"]),
+    default=None,
+    help="Backfill: also sync bookings that ended after this UTC date "
+    "(YYYY-MM-DD), beyond BOOKINGSYNC_LOOKBACK_DAYS.",
+)
 @pass_context
-def sync(context: Context, full: bool, dry_run: bool, wait: float, force: bool) -> None:
+def sync(
+    context: Context,
+    full: bool,
+    dry_run: bool,
+    wait: float,
+    force: bool,
+    since: datetime | None,
+) -> None:
     """Run one sync pass now, then exit.
 
     Only one sync runs at a time: when the daemon or another `sync` is in
@@ -140,19 +173,31 @@ def sync(context: Context, full: bool, dry_run: bool, wait: float, force: bool) 
 
     settings = context.settings()
     app = _build_app(settings)
-    mode = Mode.FULL if full else Mode.POLL
+    mode = Mode.FULL if full or since else Mode.POLL
     _stop_on_signals(app.engine.stop_requested)
-    try:
-        report = app.sync(
-            mode, dry_run=dry_run, trigger="cli", wait_seconds=wait, force=force
-        )
-    except LockBusy as exc:
-        click.echo(f"bookingsync: {exc}; try again later or pass --wait", err=True)
-        sys.exit(EXIT_LOCKED)
-    finally:
-        app.close()
+    with _progress_reporter(enabled=since is not None) as progress:
+        try:
+            report = app.sync(
+                mode,
+                dry_run=dry_run,
+                trigger="backfill" if since else "cli",
+                wait_seconds=wait,
+                force=force,
+                since=since.replace(tzinfo=UTC) if since else None,
+                progress=progress,
+            )
+        except LockBusy as exc:
+            click.echo(f"bookingsync: {exc}; try again later or pass --wait", err=True)
+            sys.exit(EXIT_LOCKED)
+        finally:
+            app.close()
     if dry_run:
         _print_plan(report.actions)
+    _exit_for(report)
+
+
+def _exit_for(report: Any) -> NoReturn:
+    """Print a run's problems and exit with the documented status."""
     for key, problem in report.failed.items():
         click.echo(f"failed: {key}: {problem}", err=True)
     if report.stopped == STOP_REQUESTED:
@@ -173,6 +218,36 @@ def sync(context: Context, full: bool, dry_run: bool, wait: float, force: bool) 
     sys.exit(EXIT_FAILED_BOOKINGS if report.failed else EXIT_OK)
 
 
+@contextmanager
+def _progress_reporter(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """Yield a progress callback: a bar on a terminal, log lines otherwise."""
+    if not enabled:
+        yield None
+        return
+    if sys.stderr.isatty():
+        bar: Any = None
+
+        def update_bar(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = click.progressbar(length=total, label="backfill", file=sys.stderr)
+                bar.__enter__()
+            bar.update(1)
+
+        try:
+            yield update_bar
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+        return
+
+    def log_line(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:
+            logger.info("Backfill: {done} of {total} bookings", done=done, total=total)
+
+    yield log_line
+
+
 def _stop_on_signals(stop_requested: threading.Event) -> None:
     def handler(signum: int, _frame: object) -> None:
         stop_requested.set()
@@ -189,7 +264,7 @@ def status(context: Context, as_json: bool) -> None:
     from bookingsync.app import open_store
     from bookingsync.status import collect_status, render_status
 
-    settings = context.settings()
+    settings = context.settings(needs_credentials=False)
     try:
         store = open_store(settings)
     except ConfigurationError as exc:
@@ -244,15 +319,7 @@ def trigger(context: Context) -> None:
     """
     from bookingsync.daemon.pidfile import pid_path, trigger_daemon
 
-    # Finding the state directory needs no API credentials, and an admin
-    # usually cannot read the daemon's systemd credentials, so placeholders
-    # stand in for them.
-    placeholders = {"vyte_api_key": "unused", "pipedrive_api_token": "unused"}
-    try:
-        settings = load_settings(context.config, **placeholders)
-    except ConfigurationError as exc:
-        click.echo(f"bookingsync: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+    settings = context.settings(needs_credentials=False)
     result = trigger_daemon(pid_path(settings))
     if not result.delivered:
         click.echo(
@@ -260,6 +327,96 @@ def trigger(context: Context) -> None:
         )
         sys.exit(EXIT_STOPPED)
     click.echo(f"sync requested: {result.message}")
+
+
+@main.command()
+@click.argument("booking_id")
+@pass_context
+def resync(context: Context, booking_id: str) -> None:
+    """Push one booking to Pipedrive again, every field, now.
+
+    BOOKING_ID is the Vyte event id (with or without the "vyte:" prefix).
+    Use it after someone edited the activity in Pipedrive by hand. Exit
+    status 0 when pushed, 1 when it failed, 2 when the booking is unknown.
+    """
+    from bookingsync.engine.admin import UnknownBooking
+    from bookingsync.engine.admin import resync as resync_booking
+
+    app = _build_app(context.settings())
+    try:
+        app.lock.acquire(wait_seconds=60)
+        report = resync_booking(app.engine, booking_id)
+    except UnknownBooking as exc:
+        click.echo(f"bookingsync: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except LockBusy as exc:
+        click.echo(f"bookingsync: {exc}; try again later", err=True)
+        sys.exit(EXIT_LOCKED)
+    except BookingSyncError as exc:
+        click.echo(f"bookingsync: resync of {booking_id} failed: {exc}", err=True)
+        sys.exit(EXIT_FAILED_BOOKINGS)
+    finally:
+        app.lock.release()
+        app.close()
+    for action in report.actions:
+        click.echo(f"resynced: {action.describe()}")
+
+
+@main.command()
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for a sync already in progress.",
+)
+@pass_context
+def retry(context: Context, wait: float) -> None:
+    """Retry every booking recorded as failed, now, then exit.
+
+    Rejected bookings normally wait until they change; this sends them
+    again. Exit statuses are those of `bookingsync sync`.
+    """
+    from bookingsync.engine.admin import make_failures_due
+
+    app = _build_app(context.settings())
+    count = make_failures_due(app.store, app.engine.now())
+    click.echo(f"retrying {count} failed booking(s)")
+    try:
+        report = app.sync(trigger="retry", wait_seconds=wait)
+    except LockBusy as exc:
+        click.echo(f"bookingsync: {exc}; try again later", err=True)
+        sys.exit(EXIT_LOCKED)
+    finally:
+        app.close()
+    _exit_for(report)
+
+
+@main.command()
+@click.argument("email")
+@pass_context
+def forget(context: Context, email: str) -> None:
+    """Erase what the local state holds about EMAIL (data protection).
+
+    Removes the person's mapping and clears every stored booking snapshot,
+    error and run note that mentions the address. Pipedrive is not changed:
+    erase the person there too. A booking that still names the person in
+    Vyte brings the data back when it next changes.
+    """
+    from bookingsync.app import open_store
+    from bookingsync.engine.admin import forget_email
+
+    settings = context.settings(needs_credentials=False)
+    if "@" not in email:
+        click.echo(f"bookingsync: {email!r} is not an email address", err=True)
+        sys.exit(EXIT_USAGE)
+    store = open_store(settings)
+    result = forget_email(store, email)
+    store.engine.dispose()
+    click.echo(
+        f"forgot {email}: {result.persons} person mapping(s), "
+        f"{result.bookings} booking snapshot(s), {result.runs} run record(s)"
+    )
 
 
 def _build_app(settings: Settings) -> Any:

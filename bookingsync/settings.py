@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     activity_type: str = "meeting"
     cancellation_mode: CancellationMode = CancellationMode.MARK
     remote_deletions_final: bool = False
+    snapshot_retention_days: int = Field(
+        365,
+        ge=1,
+        description="Days after a booking ends before its snapshot is pruned; "
+        "never fewer than lookback_days + 1.",
+    )
 
     vyte_page_limit: int = Field(1000, ge=1, le=100_000)
     pipedrive_burst_limit: int = Field(
@@ -191,6 +197,14 @@ class Settings(BaseSettings):
         if config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, config_file))
         return tuple(sources)
+
+    @property
+    def effective_retention_days(self) -> int:
+        """Return the retention, kept longer than the lookback window.
+
+        A snapshot pruned inside the window would make its booking look new.
+        """
+        return max(self.snapshot_retention_days, self.lookback_days + 1)
 
     @property
     def all_free_mail_domains(self) -> frozenset[str]:

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import func, select
+from sqlmodel import col, func, select
 
 from bookingsync.engine.store import Store
-from bookingsync.models.state import BookingState
+from bookingsync.models.state import BookingState, Run
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
 
 
-def collect_status(store: Store, run_limit: int = 10) -> dict[str, Any]:
+def collect_status(
+    store: Store, run_limit: int = 10, now: datetime | None = None
+) -> dict[str, Any]:
     """Return recent runs, booking counts and failing bookings as plain data."""
+    now = now or datetime.now(UTC)
     runs = [
         {
             "id": run.id,
@@ -53,7 +56,34 @@ def collect_status(store: Store, run_limit: int = 10) -> dict[str, Any]:
         }
         for row in store.failed_bookings()
     ]
-    return {"runs": runs, "bookings": _booking_counts(store), "failing": failing}
+    return {
+        "runs": runs,
+        "bookings": _booking_counts(store),
+        "failing": failing,
+        "last_success_at": _last_success(store),
+        "behind_seconds": _behind_seconds(store, now),
+        "next_poll_at": store.get_meta("daemon_next_poll_at"),
+        "paused_until": store.get_meta("pipedrive_paused_until"),
+    }
+
+
+def _last_success(store: Store) -> str | None:
+    with store.session() as session:
+        run = session.exec(
+            select(Run)
+            .where(Run.outcome == "ok", Run.dry_run == False)  # noqa: E712
+            .order_by(col(Run.id).desc())
+            .limit(1)
+        ).first()
+    return _iso(run.finished_at) if run else None
+
+
+def _behind_seconds(store: Store, now: datetime) -> float | None:
+    """Return how old the snapshot is: seconds since the last complete run."""
+    last = _last_success(store)
+    if last is None:
+        return None
+    return round((now - datetime.fromisoformat(last)).total_seconds(), 1)
 
 
 def _booking_counts(store: Store) -> dict[str, int]:
@@ -90,6 +120,20 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append("  (no runs yet)")
     counts = ", ".join(f"{count} {state}" for state, count in data["bookings"].items())
     lines.append(f"Bookings: {counts or 'none yet'}")
+    lines.append(
+        f"Last complete run: {data['last_success_at'] or 'never'}"
+        + (
+            f" ({data['behind_seconds']:.0f} s ago)"
+            if data["behind_seconds"] is not None
+            else ""
+        )
+    )
+    next_poll = data["next_poll_at"] or "unknown (is the daemon running?)"
+    lines.append(f"Next scheduled poll: {next_poll}")
+    if data["paused_until"]:
+        lines.append(
+            f"Pipedrive paused until: {data['paused_until']} (daily budget spent)"
+        )
     lines.append("Failing bookings:" if data["failing"] else "Failing bookings: none")
     for item in data["failing"]:
         lines.append(

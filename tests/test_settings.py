@@ -296,8 +296,8 @@ def test_settings_repr_and_dump_hide_secrets() -> None:
     """Neither repr() nor model_dump() shows a secret value."""
     settings = load_with_credentials()
 
-    shown = [repr(settings), str(settings), str(settings.model_dump())]
-    for text in shown:
+    outputs = [repr(settings), str(settings), str(settings.model_dump())]
+    for text in outputs:
         assert VYTE_KEY not in text
         assert PIPEDRIVE_TOKEN not in text
 

@@ -1,12 +1,13 @@
 """systemd integration: sd_notify messages, the watchdog, the pid file, trigger.
 
 The subprocess tests run the real ``bookingsync run`` against the emulators
-and read its notifications from a datagram socket that stands in for
-systemd's ``$NOTIFY_SOCKET``.
+and read its notifications from a datagram socket that replaces systemd's
+``$NOTIFY_SOCKET``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -36,7 +37,6 @@ from bookingsync.models.state import SCHEMA_VERSION, Meta, Run
 from bookingsync.sandbox.server import EmulatorServer
 from bookingsync.settings import Settings
 from tests.conftest import PIPEDRIVE_TOKEN, VYTE_KEY
-from tests.test_cli_daemon import run_cli, run_count, wait_for
 
 AddBooking = Callable[..., dict[str, Any]]
 
@@ -128,6 +128,33 @@ def daemon_env(
         }
     )
     return env
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bookingsync", "--config", os.devnull, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def run_count(env: dict[str, str]) -> int:
+    """Return the number of finished runs that `status --json` lists."""
+    result = run_cli(env, "status", "--json")
+    if result.returncode != 0:
+        return -1
+    return sum(1 for run in json.loads(result.stdout)["runs"] if run["finished_at"])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def start_daemon(env: dict[str, str]) -> subprocess.Popen[str]:
@@ -322,11 +349,11 @@ def test_trigger_delivers_sigusr1_to_daemon(
 
 
 def test_trigger_without_daemon_exits_four(daemon_env: dict[str, str]) -> None:
-    """With no daemon and no systemctl, `trigger` says so and exits 4."""
+    """With no daemon and no systemctl, `trigger` reports failure and exits 4."""
     result = run_cli(daemon_env, "trigger")
 
     assert result.returncode == 4
-    assert "not delivered: no daemon running (no pid file at" in result.stderr
+    assert "not delivered: no running daemon found (no pid file at" in result.stderr
 
 
 def test_second_daemon_on_same_state_exits_three(
@@ -358,7 +385,7 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 def test_trigger_ignores_stale_pid_file(
     tmp_path: Path, sleeper: subprocess.Popen[bytes]
 ) -> None:
-    """A pid file nobody locks is left over: its pid is never signalled."""
+    """A pid file that no process locks is stale, and its pid is never signalled."""
     path = tmp_path / "bookingsync.db.pid"
     path.write_text(f"{sleeper.pid}\n")
 
@@ -461,13 +488,16 @@ def test_wedged_after_adds_request_timeouts(settings: Settings) -> None:
 
 
 def test_describe_report_counts_changes() -> None:
+    """The status line counts created, updated and cancelled bookings."""
     run = Run(trigger="schedule", mode="poll", created=2, updated=3, cancelled=1)
     report = SyncReport(run_id=1, run=run, failed={"vyte:x": "invalid"})
 
     assert describe_report(report) == "synced 6 bookings, 1 failed"
 
     report.stopped = "Pipedrive rejected the token"
-    assert describe_report(report).startswith("run stopped: Pipedrive rejected")
+    assert describe_report(report) == (
+        "run stopped: Pipedrive rejected the token (synced 6, 1 failed)"
+    )
 
 
 def test_notifier_without_socket_sends_nothing() -> None:

@@ -131,7 +131,7 @@ def test_sample_event_object_parses_into_booking() -> None:
     assert booking.host_email == "user.name@domain.com"
 
 
-def test_sample_event_object_old_slot_needs_lookback() -> None:
+def test_sample_event_object_needs_lookback() -> None:
     """The sample's 2020 slot is synced from today only with a long lookback."""
     raw = read_sample("event-object.json")
     raw["_id"] = "5f4cc0d72285556ee2c63329"
@@ -140,7 +140,7 @@ def test_sample_event_object_old_slot_needs_lookback() -> None:
     assert isinstance(parse(raw, NOW, lookback_days=100_000), Booking)
 
 
-def test_sample_list_events_all_skipped_as_unconfirmed() -> None:
+def test_sample_list_events_unconfirmed_skipped() -> None:
     """Both events of the list sample are unconfirmed, so neither is synced."""
     events = read_sample("list-events.json")
 
@@ -319,7 +319,7 @@ def test_parse_invalid_event_names_problem(
     assert expected in outcome.problem
 
 
-def test_parse_invalid_email_ignored_when_valid_booker_exists() -> None:
+def test_parse_invalid_second_email_ignored() -> None:
     """An invalid second invitee is dropped when another invitee is valid."""
     raw = make_event(
         [

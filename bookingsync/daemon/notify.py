@@ -41,7 +41,7 @@ class Notifier:
         self.send(STOPPING="1", STATUS=status)
 
     def send(self, **fields: str) -> bool:
-        """Send one message; returns whether it was sent.
+        """Send one message and return whether it was sent.
 
         A failed send is logged, not raised: losing a status line must not
         stop the daemon. systemd notices missing READY or WATCHDOG messages

@@ -1,8 +1,8 @@
 """The daemon's pid file, and sending it a signal from another process.
 
 The running daemon holds an exclusive ``flock`` on its pid file. A pid file
-that nobody holds is left over from a crash, so ``bookingsync trigger`` never
-signals a process that merely reused the pid.
+whose lock no process holds is left over from a crash, so ``bookingsync
+trigger`` never signals a process that merely reused the pid.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from bookingsync.errors import BookingSyncError
 from bookingsync.settings import Settings
 
 SYSTEMD_UNIT = "bookingsync"
-# A `bookingsync trigger` holds a shared lock on the pid file for an instant;
-# the daemon retries for this long before it concludes another daemon runs.
+# A `bookingsync trigger` holds a shared lock on the pid file for an instant.
+# The daemon retries for this long before it concludes that another daemon runs.
 ACQUIRE_WAIT_SECONDS = 1.0
 
 
@@ -52,7 +52,10 @@ class PidFile:
         self._fd: int | None = None
 
     def acquire(self, wait_seconds: float = ACQUIRE_WAIT_SECONDS) -> None:
-        """Lock the file and write this process's pid; raises ``DaemonRunning``."""
+        """Lock the file and write this process's pid into it.
+
+        Raises ``DaemonRunning`` when another daemon holds the lock.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + wait_seconds
@@ -74,8 +77,8 @@ class PidFile:
         """Remove the file, then drop the lock."""
         if self._fd is None:
             return
-        # Unlink first: a reader that opens the file after this sees no file
-        # instead of an unlocked one.
+        # Unlink first, so that a reader that opens the path after this finds
+        # no file instead of an unlocked one.
         self.path.unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = None
@@ -83,6 +86,8 @@ class PidFile:
 
 @dataclass(frozen=True)
 class TriggerResult:
+    """Whether the signal reached the daemon, with a message for the admin."""
+
     delivered: bool
     message: str
 
@@ -102,11 +107,13 @@ def trigger_daemon(path: Path, signum: int = signal.SIGUSR1) -> TriggerResult:
             "(sudo -u bookingsync) or as root",
         )
     if pid is None:
-        return TriggerResult(False, f"no daemon running ({where})")
+        return TriggerResult(False, f"no running daemon found ({where})")
     try:
         os.kill(pid, signum)
     except ProcessLookupError:
-        return TriggerResult(False, f"no daemon running (pid {pid} from {where})")
+        return TriggerResult(
+            False, f"no running daemon found (pid {pid} from {where} has exited)"
+        )
     except PermissionError:
         return TriggerResult(
             False,
@@ -118,7 +125,7 @@ def trigger_daemon(path: Path, signum: int = signal.SIGUSR1) -> TriggerResult:
 
 
 def _find_daemon(path: Path) -> tuple[int | None, str]:
-    """Return the daemon's pid, or None, and where the answer came from."""
+    """Return the daemon's pid (None when none runs) and the source of that pid."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -129,7 +136,7 @@ def _find_daemon(path: Path) -> tuple[int | None, str]:
         except BlockingIOError:
             pid = _parse_pid(os.pread(fd, 32, 0))
             return pid, f"pid file {path}"
-        # Nobody holds the lock, so the daemon that wrote the file has died.
+        # No process holds the lock, so the daemon that wrote the file has died.
         return None, f"the pid file {path} is left over from a stopped daemon"
     finally:
         os.close(fd)
@@ -150,7 +157,10 @@ def _systemd_main_pid(path: Path) -> tuple[int | None, str]:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"{no_file}, and systemctl failed: {exc}"
-    pid = _parse_pid(result.stdout.encode()) if result.returncode == 0 else None
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["no output"]
+        return None, f"{no_file}, and systemctl failed: {lines[0]}"
+    pid = _parse_pid(result.stdout.encode())
     if pid is None:
         return None, f"{no_file}, and systemd reports no running {SYSTEMD_UNIT}"
     return pid, f"MainPID of {SYSTEMD_UNIT}.service"

@@ -22,6 +22,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from loguru import logger
+from sqlalchemy.exc import SQLAlchemyError
 
 from bookingsync.app import App
 from bookingsync.daemon.notify import Notifier
@@ -30,6 +31,7 @@ from bookingsync.engine.sync import Mode, SyncReport
 from bookingsync.errors import LockBusy
 from bookingsync.settings import Settings
 
+NEXT_POLL_KEY = "daemon_next_poll_at"
 POLL_JOB = "poll"
 FULL_JOB = "full-rescan"
 MANUAL_JOB = "manual"
@@ -40,8 +42,9 @@ EXIT_DAEMON_RUNNING = 3
 WAKE_INTERVAL_SECONDS = 5.0
 # After the run deadline the engine still finishes the booking in flight. This
 # many requests, each using all its timeouts, is what that booking may take.
-# NOTE: an estimate; a booking that waits out long Retry-After delays can take
-# longer, and then systemd restarts the daemon, which replays only that booking.
+# NOTE: this is an estimate. A booking that waits out long Retry-After delays
+# can take longer, and systemd then restarts the daemon, which replays only
+# that booking.
 IN_FLIGHT_REQUESTS = 10
 
 
@@ -106,7 +109,7 @@ def describe_report(report: SyncReport) -> str:
     run = report.run
     synced = run.created + run.updated + run.cancelled if run is not None else 0
     if report.stopped:
-        return f"run stopped: {report.stopped}; synced {synced}, {failed} failed"
+        return f"run stopped: {report.stopped} (synced {synced}, {failed} failed)"
     return f"synced {synced} bookings, {failed} failed"
 
 
@@ -154,6 +157,17 @@ class Daemon:
         finally:
             self.health.run_finished()
         self.notifier.status(f"{status}, next poll {self._next_poll_text()}")
+        self._record_next_poll()
+
+    def _record_next_poll(self) -> None:
+        """Store the next poll time, which `bookingsync status` shows."""
+        job = self.scheduler.get_job(POLL_JOB)
+        next_run: datetime | None = job.next_run_time if job is not None else None
+        value = next_run.astimezone(UTC).isoformat() if next_run else None
+        try:
+            self.app.store.set_meta(NEXT_POLL_KEY, value)
+        except SQLAlchemyError:
+            logger.exception("Could not record the next poll time")
 
     def _sync(self, mode: Mode, trigger: str) -> str:
         """Run one pass and return its status line."""
@@ -250,7 +264,7 @@ class Daemon:
             return
         self._reported_problem = True
         logger.error(
-            "Daemon unhealthy: {problem}; watchdog pings stop so that systemd "
+            "Daemon unhealthy: {problem}. Watchdog pings stop so that systemd "
             "restarts the daemon",
             problem=problem,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -89,11 +90,27 @@ class SyncEngine:
         dry_run: bool = False,
         trigger: str = "manual",
         force: bool = False,
+        since: datetime | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> SyncReport:
-        """Run one pass; ``force`` applies cancellations the safety rail held."""
+        """Run one pass.
+
+        ``force`` applies cancellations the safety rail held back. ``since``
+        widens the lookback window to bookings that ended after that time (a
+        backfill). ``progress(done, total)`` is called after each booking.
+        """
         run = self.store.start_run(trigger, mode.value, dry_run)
         report = SyncReport(run.id, run=run)
         self.force = force
+        self.progress = progress
+        self.lookback_days = self.settings.lookback_days
+        if since is not None:
+            days = math.ceil((self.now() - since).total_seconds() / 86400)
+            self.lookback_days = max(self.lookback_days, days)
+        source_settings = self.source.settings
+        self.source.settings = source_settings.model_copy(
+            update={"lookback_days": self.lookback_days}
+        )
         self.client.usage.reset()
         started = time.monotonic()
         try:
@@ -123,6 +140,7 @@ class SyncEngine:
             report.stopped = f"the source returned an unusable listing: {exc}"
             logger.error("Run failed: {error}", error=report.stopped)
         finally:
+            self.source.settings = source_settings
             self._finish(run, report)
         return report
 
@@ -157,7 +175,7 @@ class SyncEngine:
         if mode is Mode.FULL:
             self._verify_activities(states, report.actions)
         deadline = started + self.settings.run_deadline
-        for action in report.actions:
+        for done, action in enumerate(report.actions, start=1):
             if self.stop_requested.is_set():
                 report.stopped = STOP_REQUESTED
                 break
@@ -166,6 +184,8 @@ class SyncEngine:
                 logger.warning("Run deadline reached; stopping this run")
                 break
             self._apply(action, run, report)
+            if self.progress is not None:
+                self.progress(done, len(report.actions))
 
     def _known_updates(self, states: dict[str, BookingState]) -> dict[str, str | None]:
         return {
@@ -230,7 +250,7 @@ class SyncEngine:
         now: datetime,
         report: SyncReport,
     ) -> list[Action]:
-        horizon = now - timedelta(days=self.settings.lookback_days)
+        horizon = now - timedelta(days=self.lookback_days)
         watched = [
             state
             for state in states.values()

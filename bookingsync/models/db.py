@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, SQLModel, create_engine
 
 from bookingsync.errors import ConfigurationError
 from bookingsync.models.state import SCHEMA_VERSION, Meta
@@ -39,7 +39,11 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _begin_immediate)
 
-    migrate(engine)
+    try:
+        migrate(engine)
+    except Exception:
+        engine.dispose()
+        raise
     return engine
 
 
@@ -75,17 +79,11 @@ def _begin_immediate(connection: Any) -> None:
 def migrate(engine: Engine) -> None:
     """Create missing tables and record the schema version.
 
-    Raises ``ConfigurationError`` when the database is newer than this code.
+    Raises ``ConfigurationError`` when the database is newer than this code,
+    before changing anything in it.
     """
-    SQLModel.metadata.create_all(engine)
-    with Session(engine) as session:
-        row = session.exec(select(Meta).where(Meta.key == "schema_version")).first()
-        if row is None:
-            session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            session.commit()
-            return
-        found = int(row.value)
-    if found > SCHEMA_VERSION:
+    found = _recorded_schema_version(engine)
+    if found is not None and found > SCHEMA_VERSION:
         raise ConfigurationError(
             [
                 f"the state database has schema version {found}, newer than "
@@ -93,3 +91,17 @@ def migrate(engine: Engine) -> None:
                 "bookingsync or point BOOKINGSYNC_DATABASE_URL at another database"
             ]
         )
+    SQLModel.metadata.create_all(engine)
+    if found is None:
+        with Session(engine) as session:
+            session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            session.commit()
+
+
+def _recorded_schema_version(engine: Engine) -> int | None:
+    """Return the schema version stored in the database, or None when new."""
+    if not inspect(engine).has_table(Meta.__tablename__):
+        return None
+    with Session(engine) as session:
+        row = session.get(Meta, "schema_version")
+    return int(row.value) if row is not None else None

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Protocol
 
 from bookingsync.models.booking import Booking
+from bookingsync.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,14 @@ class Listing:
 
 
 class Source(Protocol):
-    """A scheduling tool that lists bookings and fetches one by id."""
+    """A scheduling tool that lists bookings and fetches one by id.
+
+    ``settings`` is read on every call, so a caller may swap in a copy (the
+    engine widens ``lookback_days`` for a backfill).
+    """
 
     name: str
+    settings: Settings
 
     def list_bookings(self, known_updates: dict[str, str | None]) -> Listing:
         """List current bookings.

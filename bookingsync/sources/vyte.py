@@ -4,24 +4,41 @@ Vyte has no "changed since" filter and no pagination, so every poll lists the
 organization's events with an explicit ``limit`` and the engine diffs them
 against the snapshot. A page that comes back full may be truncated; the
 listing is then split per host with ``creator_users``.
+
+The listing is decoded event by event as it arrives, and an event whose change
+marker matches the snapshot is dropped at once, so a poll holds about one
+event at a time plus the events that changed, instead of the whole body.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 from loguru import logger
 
-from bookingsync.errors import InvalidBooking, NotFound
-from bookingsync.http import ApiClient, build_timeout
+from bookingsync.errors import (
+    InvalidBooking,
+    NotFound,
+    RateLimited,
+    TransientError,
+)
+from bookingsync.http import (
+    RETRY_AFTER_CAP_SECONDS,
+    ApiClient,
+    backoff_delay,
+    build_timeout,
+)
 from bookingsync.models.booking import Booking, Invitee
 from bookingsync.settings import Settings
 from bookingsync.sources.base import Cancelled, Invalid, Listing, Skipped
+from bookingsync.sources.jsonstream import NotAnArray, iter_array
 
 SOURCE_NAME = "vyte"
 
@@ -41,6 +58,11 @@ LONE_SURROGATE_PATTERN = re.compile("[\ud800-\udfff]")
 # range of Python's datetime, so later code can convert slots freely.
 EARLIEST_TIMESTAMP = datetime(2, 1, 1, tzinfo=UTC)
 LATEST_TIMESTAMP = datetime(9998, 12, 31, tzinfo=UTC)
+CHANGE_MARKER_KEYS = ("updatedAt", "version", "__v", "ics_sequence")
+# Bytes of the body kept to quote in the error about invalid JSON.
+ERROR_SNIPPET_BYTES = 320
+
+T = TypeVar("T")
 
 
 class VyteClient(ApiClient):
@@ -65,11 +87,90 @@ class VyteClient(ApiClient):
         }
         return cls(settings.vyte_base_url, headers, timeout, transport=transport)
 
+    def get_array(
+        self, path: str, params: Mapping[str, str], convert: Callable[[Any], T]
+    ) -> list[T]:
+        """GET a JSON array and return ``convert`` of each element.
+
+        Elements are decoded and converted as the body arrives, so only the
+        converted values stay in memory. Retries and errors are those of
+        ``request`` for a GET. Raises ``NotAnArray`` when the body is valid
+        JSON but not an array, with ``value`` None for an empty body.
+        """
+        # NOTE: this loop mirrors ApiClient.request, which always decodes the
+        # whole body; keep the two in step until the base class can stream.
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._get_array_once(path, params, convert)
+            except RateLimited as exc:
+                if not self._should_retry(attempt, exc, retryable=True):
+                    raise
+                delay = min(exc.retry_after, RETRY_AFTER_CAP_SECONDS)
+            except TransientError as exc:
+                if not self._should_retry(attempt, exc, retryable=True):
+                    raise
+                delay = backoff_delay(attempt)
+            self._sleep(delay)
+
+    def _get_array_once(
+        self, path: str, params: Mapping[str, str], convert: Callable[[Any], T]
+    ) -> list[T]:
+        method = "GET"
+        self.before_request(method, path)
+        try:
+            with self._client.stream(method, path, params=params) as response:
+                if not response.is_success:
+                    response.read()
+                    self.after_response(method, path, response)
+                    raise self.translate_status(method, path, response)
+                self.after_response(method, path, response)
+                return self._convert_elements(path, response, convert)
+        except httpx.TimeoutException as exc:
+            raise TransientError(
+                self.service, method, path, None, f"timed out ({type(exc).__name__})"
+            ) from None
+        except httpx.TransportError as exc:
+            raise TransientError(
+                self.service, method, path, None, f"{type(exc).__name__}: {exc}"
+            ) from None
+
+    def _convert_elements(
+        self, path: str, response: httpx.Response, convert: Callable[[Any], T]
+    ) -> list[T]:
+        head = bytearray()
+
+        def chunks() -> Iterator[bytes]:
+            for chunk in response.iter_bytes():
+                if len(head) < ERROR_SNIPPET_BYTES:
+                    head.extend(chunk[: ERROR_SNIPPET_BYTES - len(head)])
+                yield chunk
+
+        stream = chunks()
+        first = next((chunk for chunk in stream if chunk), b"")
+        if not first:
+            raise NotAnArray(None)
+        try:
+            return [
+                convert(item) for item in iter_array(itertools.chain([first], stream))
+            ]
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            text = bytes(head).decode(response.encoding or "utf-8", errors="replace")
+            snippet = text[:80].replace("\n", " ")
+            raise TransientError(
+                self.service,
+                "GET",
+                path,
+                response.status_code,
+                f"response is not valid JSON (starts with {snippet!r})",
+            ) from None
+
 
 def change_marker(raw: dict[str, Any]) -> str:
     """Return the cheap change hint of a raw event: its timestamps and counters."""
-    parts = (raw.get(key) for key in ("updatedAt", "version", "__v", "ics_sequence"))
-    return "|".join("" if part is None else str(part) for part in parts)
+    parts = [raw.get(key) for key in CHANGE_MARKER_KEYS]
+    return "|".join(["" if part is None else str(part) for part in parts])
 
 
 class VyteSource:
@@ -91,18 +192,13 @@ class VyteSource:
         self.client.close()
 
     def list_bookings(self, known_updates: dict[str, str | None]) -> Listing:
-        raw_events, complete_hosts, complete = self._list_raw_events()
+        entries, complete_hosts, complete = self._list_entries(known_updates)
         listing = Listing(complete=complete, complete_hosts=complete_hosts)
-        for raw in raw_events:
-            event_id = raw.get("_id") if isinstance(raw, dict) else None
-            if (
-                isinstance(event_id, str)
-                and event_id in known_updates
-                and known_updates[event_id] == change_marker(raw)
-            ):
-                listing.unchanged_ids.add(event_id)
-                continue
-            _add_parsed(listing, self.parse(raw))
+        for entry in entries:
+            if entry.unchanged:
+                listing.unchanged_ids.add(entry.key)
+            else:
+                _add_parsed(listing, self.parse(entry.raw))
         return listing
 
     def fetch_booking(
@@ -125,9 +221,16 @@ class VyteSource:
         except SkipEvent as exc:
             return Skipped(str(event_id), exc.reason)
 
-    def _list_raw_events(self) -> tuple[list[Any], set[str] | None, bool]:
+    def _list_entries(
+        self, known_updates: dict[str, str | None]
+    ) -> tuple[list[_Entry], set[str] | None, bool]:
+        """List the events, dropping the bodies of those whose marker is known.
+
+        A full page is listed again per host. An event listed twice keeps the
+        place of its first listing and the content of its last.
+        """
         limit = self.settings.vyte_page_limit
-        events = self._list_page({"limit": str(limit)})
+        events = self._list_page({"limit": str(limit)}, known_updates)
         if len(events) < limit:
             return events, None, True
 
@@ -135,16 +238,15 @@ class VyteSource:
             "Vyte returned a full page of {limit} events; listing per host", limit=limit
         )
         users = self.client.request("GET", "/v2/users")
-        by_id = {e["_id"]: e for e in events if isinstance(e, dict) and "_id" in e}
+        by_id = {e.key: e for e in events if e.has_key}
         complete_hosts: set[str] = set()
         for user in users if isinstance(users, list) else []:
             user_id = user.get("_id") if isinstance(user, dict) else None
             if not isinstance(user_id, str):
                 continue
-            page = self._list_page({"limit": str(limit), "creator_users": user_id})
-            by_id.update(
-                (e["_id"], e) for e in page if isinstance(e, dict) and "_id" in e
-            )
+            params = {"limit": str(limit), "creator_users": user_id}
+            page = self._list_page(params, known_updates)
+            by_id.update((e.key, e) for e in page if e.has_key)
             if len(page) < limit:
                 complete_hosts.add(user_id)
             else:
@@ -157,13 +259,42 @@ class VyteSource:
                 )
         return list(by_id.values()), complete_hosts, False
 
-    def _list_page(self, params: dict[str, str]) -> list[Any]:
-        payload = self.client.request("GET", "/v2/events", params=params)
-        if not isinstance(payload, list):
-            raise InvalidBooking(
-                None, f"GET /v2/events returned {type(payload).__name__}, not a list"
+    def _list_page(
+        self, params: dict[str, str], known_updates: dict[str, str | None]
+    ) -> list[_Entry]:
+        try:
+            return self.client.get_array(
+                "/v2/events", params, lambda raw: _Entry.of(raw, known_updates)
             )
-        return payload
+        except NotAnArray as exc:
+            raise InvalidBooking(
+                None, f"GET /v2/events returned {type(exc.value).__name__}, not a list"
+            ) from None
+
+
+class _Entry(NamedTuple):
+    """One listed event: its ``_id`` and, unless it is unchanged, its body.
+
+    ``has_key`` tells whether the event is an object with an ``_id`` key, the
+    events that can be merged across per-host listings.
+    """
+
+    key: Any
+    has_key: bool
+    unchanged: bool
+    raw: Any
+
+    @classmethod
+    def of(cls, raw: Any, known_updates: dict[str, str | None]) -> _Entry:
+        has_key = isinstance(raw, dict) and "_id" in raw
+        event_id = raw["_id"] if has_key else None
+        if (
+            isinstance(event_id, str)
+            and event_id in known_updates
+            and known_updates[event_id] == change_marker(raw)
+        ):
+            return cls(event_id, True, True, None)
+        return cls(event_id, has_key, False, raw)
 
 
 def _add_parsed(
@@ -239,10 +370,11 @@ class _EventParser:
         host_email = normalize_email(host.get("email"))
         timezone = self.timezone()
         location, location_url = self.place(confirmed)
+        title = self.text("title")
         return Booking(
             source=SOURCE_NAME,
             booking_id=self.event_id,
-            title=self.text("title") or "(untitled)",
+            title=title if title and title.strip() else "(untitled)",
             timezone=timezone,
             start=start,
             end=end,
