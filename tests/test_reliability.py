@@ -622,3 +622,48 @@ def test_sync_while_locked_exits_three(
 
     assert result.returncode == 3
     assert "another sync is in progress" in result.stderr
+
+
+# Timeouts and the run deadline -----------------------------------------------
+
+
+def test_silent_source_times_out(
+    make_app: Callable[..., App], add_booking: AddBooking, vyte: EmulatorServer
+) -> None:
+    """A Vyte that never answers in time stops the run with a timeout error."""
+    vyte.faults.add(FaultRule(FaultAction.DELAY_AFTER, delay_seconds=2.0, rate=1.0))
+    add_booking()
+    app = make_app(http_read_timeout=0.2)
+    app.source.client._sleep = lambda _seconds: None  # noqa: SLF001 -- no backoff
+
+    report = app.sync()
+
+    assert report.stopped is not None
+    assert "timed out" in report.stopped
+
+
+def test_run_deadline_stops_taking_bookings(
+    make_app: Callable[..., App],
+    add_booking: AddBooking,
+    pipedrive: EmulatorServer,
+    pipedrive_emulator: PipedriveEmulator,
+) -> None:
+    """Past the run deadline no new booking starts; the next run continues."""
+    pipedrive.faults.add(
+        FaultRule(FaultAction.DELAY_AFTER, delay_seconds=0.2, rate=1.0)
+    )
+    for day in range(1, 6):
+        add_booking(
+            [{"full_name": f"G{day}", "email": f"g{day}@gmail.com"}], start=in_days(day)
+        )
+    app = make_app(run_deadline=0.5)
+
+    report = app.sync()
+
+    assert report.stopped is not None
+    assert "deadline" in report.stopped
+    assert len(pipedrive_emulator.live("activities")) < 5
+    pipedrive.faults.clear()
+    while app.sync().stopped is not None:
+        pass
+    assert len(pipedrive_emulator.live("activities")) == 5
