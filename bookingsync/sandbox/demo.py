@@ -23,6 +23,7 @@ from bookingsync.sandbox.server import EmulatorServer
 from bookingsync.sandbox.vyte import VyteEmulator
 from bookingsync.sandbox.vyte_events import build_event
 from bookingsync.settings import load_settings
+from bookingsync.status import collect_status, render_status
 
 DEMO_VYTE_KEY = "demo-vyte-key"
 DEMO_PIPEDRIVE_TOKEN = "demo-pipedrive-token"
@@ -150,6 +151,8 @@ def run_demo(keep_running: bool = False) -> int:
                 "2. 'Product demo' rescheduled, 'Intro call' cancelled",
             )
             _step(app, pipedrive, pipedrive_emulator, "3. Nothing changed")
+            click.echo("\n== `bookingsync status` after the demo")
+            click.echo(render_status(collect_status(app.store)))
             if keep_running:
                 click.echo("Emulators keep running; press Ctrl-C to stop.")
                 _wait_forever()
