@@ -396,7 +396,7 @@ def retry(context: Context, wait: float) -> None:
 @click.argument("email")
 @pass_context
 def forget(context: Context, email: str) -> None:
-    """Erase what the local state holds about EMAIL (data protection).
+    """Erase what the local state stores about EMAIL (data protection).
 
     Removes the person's mapping and clears every stored booking snapshot,
     error and run note that mentions the address. Pipedrive is not changed:

@@ -47,7 +47,7 @@ def backoff_delay(attempt: int) -> float:
 class ApiClient:
     """A JSON API client for one service, with retries and error translation.
 
-    ``credential`` names the setting to check when the service answers 401.
+    ``credential`` names the setting to check when the service returns 401.
     Headers are never included in messages or logs, so the credentials they
     carry cannot leak through an error.
     """

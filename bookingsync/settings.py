@@ -9,10 +9,12 @@ logs and tracebacks show them masked.
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import (
@@ -55,14 +57,14 @@ FREE_MAIL_DOMAINS = frozenset(
 
 
 class CancellationMode(StrEnum):
-    """What a cancelled booking does to its Pipedrive activity."""
+    """The treatment of a cancelled booking's Pipedrive activity."""
 
     MARK = "mark"
     DELETE = "delete"
 
 
 class OrganizationNaming(StrEnum):
-    """How an organization is named when the booking names no company."""
+    """The naming rule for an organization when the booking names no company."""
 
     DOMAIN = "domain"
     CLEANED = "cleaned"
@@ -131,6 +133,59 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
+
+    # Restricted networks and monitoring. The proxy setting wins over the
+    # HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY environment variables.
+    https_proxy: str | None = None
+    ca_bundle: Path | None = None
+    metrics_file: Path | None = None
+
+    @field_validator("https_proxy", "ca_bundle", "metrics_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("https_proxy")
+    @classmethod
+    def _check_proxy(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "is not an http:// or https:// proxy URL "
+                "(for example http://proxy.example:3128)"
+            )
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _check_ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if not value.is_file():
+            raise ValueError(f"{str(value)!r} is not an existing file")
+        try:
+            ssl.create_default_context(cafile=str(value))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"{str(value)!r} is not a PEM file of CA certificates ({exc})"
+            ) from None
+        return value
+
+    @field_validator("metrics_file")
+    @classmethod
+    def _check_metrics_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if value.suffix != ".prom":
+            raise ValueError(
+                f"{str(value)!r} must end in .prom, the only files that "
+                "node_exporter's textfile collector reads"
+            )
+        if not value.parent.is_dir():
+            raise ValueError(f"the directory of {str(value)!r} does not exist")
+        return value
 
     @field_validator("vyte_base_url", "pipedrive_base_url")
     @classmethod

@@ -88,7 +88,7 @@ class Forgotten:
 
 
 def forget_email(store: Store, email: str) -> Forgotten:
-    """Erase what the local state holds about one email address.
+    """Erase what the local state stores about one email address.
 
     The person's mapping is removed, and every stored booking snapshot,
     error and run problem that mentions the address is cleared. Pipedrive

@@ -1,6 +1,6 @@
 """Find or create the organization, persons and deal a booking refers to.
 
-The local mapping answers first and costs nothing; Pipedrive's search, which
+The local mapping is checked first and costs nothing; Pipedrive's search, which
 costs four times a create in the daily token budget, runs only for items the
 mapping does not know.
 """
@@ -30,7 +30,7 @@ from bookingsync.sinks.pipedrive import PipedriveClient
 
 
 class Origin(StrEnum):
-    """Where a resolved id came from."""
+    """The source of a resolved id."""
 
     MAPPING = "mapping"  # The local mapping knew it.
     FOUND = "found"  # Pipedrive had it, the mapping did not.

@@ -49,7 +49,7 @@ IDS_PER_LOOKUP = 100
 
 @dataclass
 class SyncReport:
-    """What one pass did; ``actions`` is the plan in order."""
+    """The outcome of one pass; ``actions`` is the plan in order."""
 
     run_id: int | None
     actions: list[Action] = field(default_factory=list)

@@ -51,7 +51,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class RemoteState(StrEnum):
-    """What bookingsync last did to, or learned about, a booking's activity."""
+    """The last known state of a booking's activity in Pipedrive."""
 
     NONE = "none"  # Nothing written yet.
     ACTIVE = "active"
