@@ -29,7 +29,7 @@ from bookingsync.engine.sync import Mode, SyncReport
 from bookingsync.sandbox.pipedrive import PipedriveEmulator
 from bookingsync.sandbox.server import EmulatorServer
 from bookingsync.sandbox.vyte import VyteEmulator
-from bookingsync.sandbox.vyte_events import JsonObject, build_event
+from bookingsync.sandbox.vyte_events import JsonObject, build_event, parse_timestamp
 from bookingsync.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,6 +242,17 @@ def sandbox(
             app.close()
 
 
+def reschedule_later(vyte: VyteEmulator, event_ids: list[str]) -> None:
+    """Move each event's confirmed slot one day later, as its host would."""
+    for event_id in event_ids:
+        event = vyte.events[event_id]
+        date_id = event["confirmed"]["date_id"]
+        slot = next(d for d in event["dates"] if d["_id"] == date_id)
+        start = parse_timestamp(slot["date"]) + timedelta(days=1)
+        end = parse_timestamp(slot["end_date"]) + timedelta(days=1)
+        vyte.reschedule(event_id, start, end)
+
+
 def in_days(days: float, hour: int = 9, minute: int = 0) -> datetime:
     """Return a UTC time ``days`` from now at the given hour and minute."""
     base = datetime.now(UTC) + timedelta(days=days)
@@ -282,38 +293,29 @@ def booking_event(
     )
 
 
-def varied_event(host_id: str, index: int, rng: random.Random) -> JsonObject:
-    """Build the ``index``-th event of a generated organization's history.
+def varied_event(
+    host_id: str, rng: random.Random, booker: int, company: int
+) -> JsonObject:
+    """Build one event of a generated organization's history.
 
-    Bookers, companies, places, messages and the number of proposed slots
-    vary, drawn from ``rng``, so the response has the spread of sizes that a
-    real listing has. Every event is a confirmed booking within the next 60
+    ``booker`` and ``company`` number the person who booked and their
+    company; a booker keeps the same email, phone and company across events.
+    Places, messages, colleagues invited along and the number of proposed
+    slots are drawn from ``rng``, so the listing has the spread of sizes that
+    a real one has. Every event is a confirmed booking within the next 60
     days, so the daemon tracks all of them.
     """
-    company = index // 3
-    if rng.random() < 0.15:
-        domain = rng.choice(FREE_MAIL_DOMAINS)
-        booker = {"full_name": f"Guest {index}", "email": f"guest{index}@{domain}"}
-    else:
-        booker = {
-            "full_name": f"Booker {index}",
-            "email": f"booker{index}@company{company}.example",
-        }
-        if rng.random() < 0.5:
-            booker["company"] = f"Company {company} Ltd"
-    if rng.random() < 0.4:
-        booker["phone"] = f"+33 1 {rng.randrange(10**7, 10**8)}"
-    bookers = [booker]
+    bookers = [booker_invitee(booker, company)]
     if rng.random() < 0.2:
         bookers.append(
             {
-                "full_name": f"Colleague {index}",
-                "email": f"colleague{index}@company{company}.example",
+                "full_name": f"Colleague of {booker}",
+                "email": f"colleague{booker}@company{company}.example",
             }
         )
     place_name, address = rng.choice(PLACES)
     if address is not None:
-        address = address.format(number=rng.randrange(10**9, 10**10), code=index)
+        address = address.format(number=rng.randrange(10**9, 10**10), code=booker)
     start = in_days(rng.uniform(0.5, 60), hour=rng.randrange(7, 17))
     return booking_event(
         host_id,
@@ -325,3 +327,25 @@ def varied_event(host_id: str, index: int, rng: random.Random) -> JsonObject:
         message=rng.choice(MESSAGES),
         extra_slots=rng.choice((0, 0, 1, 2)),
     )
+
+
+def booker_invitee(booker: int, company: int) -> dict[str, str]:
+    """Return the invitee entry of booker number ``booker``.
+
+    About 15% of bookers use a free-mail address, and every other company
+    fills in its name on the booking page.
+    """
+    traits = random.Random(booker)
+    if traits.random() < 0.15:
+        domain = traits.choice(FREE_MAIL_DOMAINS)
+        invitee = {"full_name": f"Guest {booker}", "email": f"guest{booker}@{domain}"}
+    else:
+        invitee = {
+            "full_name": f"Booker {booker}",
+            "email": f"booker{booker}@company{company}.example",
+        }
+        if company % 2 == 0:
+            invitee["company"] = f"Company {company} Ltd"
+    if traits.random() < 0.4:
+        invitee["phone"] = f"+33 1 {traits.randrange(10**7, 10**8)}"
+    return invitee

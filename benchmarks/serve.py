@@ -34,7 +34,6 @@ import sys
 import threading
 from collections import Counter
 from contextlib import ExitStack
-from datetime import timedelta
 from typing import Any
 
 from benchmarks.harness import (
@@ -43,11 +42,12 @@ from benchmarks.harness import (
     PIPEDRIVE_TOKEN,
     VYTE_KEY,
     endpoint_name,
+    reschedule_later,
 )
 from bookingsync.sandbox.pipedrive import PipedriveEmulator
 from bookingsync.sandbox.server import EmulatorServer, Request, Response
 from bookingsync.sandbox.vyte import VyteEmulator
-from bookingsync.sandbox.vyte_events import JsonObject, parse_timestamp
+from bookingsync.sandbox.vyte_events import JsonObject
 
 
 class CachedListing:
@@ -94,17 +94,6 @@ def vyte_emulator(events: list[JsonObject]) -> VyteEmulator:
     return emulator
 
 
-def reschedule(emulator: VyteEmulator, event_ids: list[str]) -> None:
-    """Move each event's confirmed slot one day later, as a host would."""
-    for event_id in event_ids:
-        event = emulator.events[event_id]
-        date_id = event["confirmed"]["date_id"]
-        slot = next(d for d in event["dates"] if d["_id"] == date_id)
-        start = parse_timestamp(slot["date"]) + timedelta(days=1)
-        end = parse_timestamp(slot["end_date"]) + timedelta(days=1)
-        emulator.reschedule(event_id, start, end)
-
-
 def seed_pipedrive(emulator: PipedriveEmulator, count: int) -> list[dict[str, Any]]:
     """Create ``count`` sets of organization, two persons, deal and activity."""
     seeded = []
@@ -147,7 +136,7 @@ def serve_vyte(spec: dict[str, Any], stack: ExitStack) -> dict[str, Any]:
     base = vyte_emulator(events)
     changed = vyte_emulator(events)
     del events
-    reschedule(changed, spec["changed_ids"])
+    reschedule_later(changed, spec["changed_ids"])
     urls = {}
     for name, emulator in (("vyte_base", base), ("vyte_changed", changed)):
         app = CachedListing(emulator)

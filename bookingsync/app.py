@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,7 +33,12 @@ def lock_path(settings: Settings) -> Path:
     ):
         database = Path(str(url.database))
         return database.with_name(database.name + ".lock")
-    return state_directory() / "bookingsync.lock"
+    # One lock per database, so that separate installations do not block
+    # each other; the daemon and the CLI compute the same name.
+    digest = hashlib.sha256(
+        url.render_as_string(hide_password=True).encode()
+    ).hexdigest()
+    return state_directory() / f"bookingsync-{digest[:12]}.lock"
 
 
 def open_store(settings: Settings) -> Store:

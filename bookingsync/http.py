@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import json
 import random
+import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+import certifi
 import httpx
 from loguru import logger
 
@@ -20,16 +25,21 @@ from bookingsync.errors import (
     ApiError,
     AuthFailed,
     BudgetExhausted,
+    ConfigurationError,
     NotFound,
     RateLimited,
     Rejected,
     TransientError,
 )
+from bookingsync.logs import redactor
 
 MAX_ATTEMPTS = 4
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
 RETRY_AFTER_CAP_SECONDS = 120.0
+# Request headers whose values are credentials; they are masked in the logs.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-token"})
+PROXY_FIX = "fix BOOKINGSYNC_HTTPS_PROXY, or HTTPS_PROXY, HTTP_PROXY and ALL_PROXY"
 
 
 def build_timeout(
@@ -44,12 +54,79 @@ def backoff_delay(attempt: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+def proxy_for(url: str, configured: str | None = None) -> str | None:
+    """Return the proxy URL for requests to ``url``, or None to connect directly.
+
+    ``configured`` (the ``https_proxy`` setting) wins. Otherwise the proxy comes
+    from the environment: ``HTTPS_PROXY`` or ``HTTP_PROXY`` by the scheme of
+    ``url``, else ``ALL_PROXY``, unless ``NO_PROXY`` matches the host. httpx
+    reads these variables only when it builds its own transport, so they are
+    read here, for a client that is always given one.
+    """
+    if configured:
+        return configured
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass_environment(parts.netloc, proxies):
+        return None
+    # Like curl, take a proxy given without a scheme as an http:// proxy.
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """Build a context that verifies servers against ``ca_bundle``, else certifi.
+
+    ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` are not read, so the ``ca_bundle``
+    setting is the one way to trust another certificate authority.
+    """
+    cafile = str(ca_bundle) if ca_bundle is not None else certifi.where()
+    return ssl.create_default_context(cafile=cafile)
+
+
+def build_transport(
+    service: str, base_url: str, proxy: str | None, ca_bundle: Path | None
+) -> httpx.HTTPTransport:
+    """Build the transport to one API: through its proxy, verifying TLS.
+
+    TLS verification is always on (see ``tls_context``). Raises
+    ``ConfigurationError`` for a proxy of a scheme httpx cannot use here.
+    """
+    verify = tls_context(ca_bundle)
+    chosen = proxy_for(base_url, proxy)
+    if chosen is None:
+        return httpx.HTTPTransport(verify=verify)
+
+    parts = urlsplit(chosen)
+    shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    if parts.password:
+        redactor.add([parts.password, unquote(parts.password)])
+    problem = (
+        f"the proxy {shown!r} for {service} is not a valid http:// or https:// URL"
+    )
+    if parts.scheme not in ("http", "https"):
+        raise ConfigurationError([f"{problem}: {PROXY_FIX}"])
+    try:
+        transport = httpx.HTTPTransport(verify=verify, proxy=chosen)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ConfigurationError([f"{problem} ({exc}): {PROXY_FIX}"]) from None
+    logger.debug(
+        "{service} requests go through the proxy {proxy}", service=service, proxy=shown
+    )
+    return transport
+
+
 class ApiClient:
     """A JSON API client for one service, with retries and error translation.
 
     ``credential`` names the setting to check when the service returns 401.
     Headers are never included in messages or logs, so the credentials they
-    carry cannot leak through an error.
+    carry cannot leak through an error, and their values are registered with
+    the log redactor in case a server echoes them.
+
+    Requests go through ``proxy``, else the environment's proxy, and verify
+    TLS against ``ca_bundle`` (see ``build_transport``). A ``transport`` given
+    by the caller replaces all of that: tests use it to answer in-process.
     """
 
     service = "API"
@@ -64,13 +141,24 @@ class ApiClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         max_attempts: int = MAX_ATTEMPTS,
+        proxy: str | None = None,
+        ca_bundle: Path | None = None,
     ) -> None:
+        redactor.add(
+            value
+            for name, value in headers.items()
+            if name.lower() in CREDENTIAL_HEADERS
+        )
+        if transport is None:
+            transport = build_transport(self.service, base_url, proxy, ca_bundle)
+        # trust_env is off because build_transport already read the environment.
         self._client = httpx.Client(
             base_url=base_url,
             headers=dict(headers),
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
+            trust_env=False,
         )
         self._sleep = sleep
         self._max_attempts = max_attempts

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -10,38 +12,51 @@ from typing import Any
 from loguru import logger
 
 REDACTED = "***"
+# A token in a query string, as Pipedrive's older API documentation sent it.
+QUERY_TOKEN = re.compile(r"(api_token=)[^&\s\"']+")
 
 
 class SecretRedactor:
-    """Replace every known secret value in a log message with ``***``."""
+    """Replace every known secret value in log output with ``***``."""
 
     def __init__(self) -> None:
         self.secrets: set[str] = set()
 
     def add(self, values: Iterable[str]) -> None:
-        self.secrets.update(value for value in values if len(value) >= 4)
+        for value in values:
+            if len(value) < 4:
+                continue
+            self.secrets.add(value)
+            # The form a JSON log line holds when the secret has a quote,
+            # a backslash or a control character in it.
+            self.secrets.add(json.dumps(value)[1:-1])
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
+        # Longest first, so a secret that contains another is masked whole.
+        for secret in sorted(self.secrets, key=len, reverse=True):
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        return text
+        return QUERY_TOKEN.sub(r"\1" + REDACTED, text)
 
     def patch(self, record: Any) -> None:
+        """Mask the message and the extra fields of a record for every sink."""
         record["message"] = self.redact(record["message"])
         record["extra"] = {
             key: self.redact(value) if isinstance(value, str) else value
             for key, value in record["extra"].items()
         }
-        exception = record["exception"]
-        if exception is not None and exception.value is not None:
-            exception.value.args = tuple(
-                self.redact(arg) if isinstance(arg, str) else arg
-                for arg in exception.value.args
-            )
 
 
 redactor = SecretRedactor()
+
+
+def write_redacted(message: str) -> None:
+    """Write a formatted log line to stderr with every secret masked.
+
+    The line already holds the traceback, chained exceptions included, or
+    the whole JSON record, so nothing reaches stderr unmasked.
+    """
+    sys.stderr.write(redactor.redact(message))
 
 
 class InterceptHandler(logging.Handler):
@@ -64,7 +79,7 @@ def configure_logging(level: str = "INFO", json_format: bool = False) -> None:
     logger.remove()
     logger.configure(patcher=redactor.patch)
     logger.add(
-        sys.stderr,
+        write_redacted,
         level=level,
         serialize=json_format,
         backtrace=False,

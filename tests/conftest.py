@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine
-from sqlmodel import SQLModel
 
 from bookingsync.app import App
 from bookingsync.sandbox.pipedrive import PipedriveEmulator
@@ -70,14 +70,20 @@ def pipedrive(
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    """A fresh SQLite file, or the PostgreSQL test database emptied first."""
-    if TEST_DATABASE_URL:
-        engine = create_engine(TEST_DATABASE_URL)
-        SQLModel.metadata.drop_all(engine)
-        engine.dispose()
-        return TEST_DATABASE_URL
-    return f"sqlite:///{tmp_path / 'state' / 'bookingsync.db'}"
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh SQLite file, or a fresh schema in the PostgreSQL test database."""
+    if not TEST_DATABASE_URL:
+        yield f"sqlite:///{tmp_path / 'state' / 'bookingsync.db'}"
+        return
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(TEST_DATABASE_URL)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in TEST_DATABASE_URL else "?"
+    yield f"{TEST_DATABASE_URL}{separator}options=-csearch_path%3D{schema}"
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -39,15 +39,20 @@ def token_cost(method: str, path: str) -> int:
 
 @dataclass
 class Usage:
-    """Requests and estimated tokens spent, by outcome."""
+    """Requests and estimated tokens spent, by outcome.
+
+    ``responses`` counts responses by status class ("2xx" to "5xx") over the
+    client's lifetime for the metrics file; ``reset()`` leaves it alone.
+    """
 
     requests: int = 0
     tokens: int = 0
     writes: int = 0
     searches: int = 0
+    responses: Counter[str] = field(default_factory=Counter)
 
     def reset(self) -> Usage:
-        """Return the totals so far and start counting from zero."""
+        """Return the per-run totals so far and count them from zero again."""
         snapshot = Usage(self.requests, self.tokens, self.writes, self.searches)
         self.requests = self.tokens = self.writes = self.searches = 0
         return snapshot
@@ -124,6 +129,8 @@ class PipedriveClient(ApiClient):
             transport=transport,
             sleep=sleep,
             pacer=BurstPacer(settings.pipedrive_burst_limit, sleep=sleep),
+            proxy=settings.https_proxy,
+            ca_bundle=settings.ca_bundle,
         )
 
     def before_request(self, method: str, path: str) -> None:
@@ -131,6 +138,7 @@ class PipedriveClient(ApiClient):
 
     def after_response(self, method: str, path: str, response: httpx.Response) -> None:
         self.usage.requests += 1
+        self.usage.responses[f"{response.status_code // 100}xx"] += 1
         if response.status_code != 429:
             self.usage.tokens += token_cost(method, path)
         if method != "GET":

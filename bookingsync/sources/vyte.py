@@ -85,7 +85,14 @@ class VyteClient(ApiClient):
             "Accept": "application/json",
             "User-Agent": "bookingsync",
         }
-        return cls(settings.vyte_base_url, headers, timeout, transport=transport)
+        return cls(
+            settings.vyte_base_url,
+            headers,
+            timeout,
+            transport=transport,
+            proxy=settings.https_proxy,
+            ca_bundle=settings.ca_bundle,
+        )
 
     def get_array(
         self, path: str, params: Mapping[str, str], convert: Callable[[Any], T]
