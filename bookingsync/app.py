@@ -17,6 +17,7 @@ from bookingsync.engine.admin import prune
 from bookingsync.engine.store import Store
 from bookingsync.engine.sync import Mode, SyncEngine, SyncReport
 from bookingsync.logs import redactor
+from bookingsync.metrics import MetricsFile
 from bookingsync.models.db import open_engine
 from bookingsync.settings import Settings, state_directory
 from bookingsync.sinks.pipedrive import PipedriveClient
@@ -53,6 +54,7 @@ class App:
     client: PipedriveClient
     engine: SyncEngine
     lock: SyncLock
+    metrics: MetricsFile | None = None
 
     @classmethod
     def build(
@@ -74,8 +76,17 @@ class App:
         )
         client = PipedriveClient.from_settings(settings, transport=pipedrive_transport)
         engine = SyncEngine(settings, source, client, store)
+        metrics = None
+        if settings.metrics_file is not None:
+            metrics = MetricsFile(settings.metrics_file, store, client.usage)
         return cls(
-            settings, store, source, client, engine, SyncLock(lock_path(settings))
+            settings,
+            store,
+            source,
+            client,
+            engine,
+            SyncLock(lock_path(settings)),
+            metrics,
         )
 
     def sync(
@@ -105,6 +116,8 @@ class App:
             )
             if mode is Mode.FULL and not dry_run:
                 self.prune()
+            if self.metrics is not None:
+                self.metrics.update(report.run)
             return report
         finally:
             self.lock.release()

@@ -28,7 +28,7 @@ from bookingsync.errors import (
     ConfigurationError,
     LockBusy,
 )
-from bookingsync.logs import configure_logging
+from bookingsync.logs import configure_logging, logger_format_is_text
 from bookingsync.settings import LogFormat, Settings, load_settings
 
 EXIT_OK = 0
@@ -198,8 +198,11 @@ def sync(
 
 def _exit_for(report: Any) -> NoReturn:
     """Print a run's problems and exit with the documented status."""
-    for key, problem in report.failed.items():
-        click.echo(f"failed: {key}: {problem}", err=True)
+    # The engine logged each failure already; in JSON mode stderr stays
+    # pure JSON lines, in text mode a summary follows the log.
+    if logger_format_is_text():
+        for key, problem in report.failed.items():
+            click.echo(f"failed: {key}: {problem}", err=True)
     if report.stopped == STOP_REQUESTED:
         click.echo(
             "bookingsync: stopped by signal after the booking in flight", err=True
@@ -282,11 +285,15 @@ def check(context: Context) -> None:
     from bookingsync.sources.vyte import VyteClient
 
     settings = context.settings()
+    try:
+        vyte = VyteClient.from_settings(settings)
+        pipedrive = PipedriveClient.from_settings(settings)
+    except ConfigurationError as exc:
+        click.echo(f"bookingsync: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     click.echo("settings: ok")
     failures = 0
-    vyte = VyteClient.from_settings(settings)
     failures += _probe("Vyte", lambda: vyte.request("GET", "/v2/auth/test"), "name")
-    pipedrive = PipedriveClient.from_settings(settings)
     failures += _probe("Pipedrive", pipedrive.me, "email")
     vyte.close()
     pipedrive.close()

@@ -37,7 +37,7 @@ MAX_ATTEMPTS = 4
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
 RETRY_AFTER_CAP_SECONDS = 120.0
-# Request headers whose values are credentials; they are masked in the logs.
+# Request headers that carry credentials, so the logs mask their values.
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-token"})
 PROXY_FIX = "fix BOOKINGSYNC_HTTPS_PROXY, or HTTPS_PROXY, HTTP_PROXY and ALL_PROXY"
 
@@ -59,16 +59,17 @@ def proxy_for(url: str, configured: str | None = None) -> str | None:
 
     ``configured`` (the ``https_proxy`` setting) wins. Otherwise the proxy comes
     from the environment: ``HTTPS_PROXY`` or ``HTTP_PROXY`` by the scheme of
-    ``url``, else ``ALL_PROXY``, unless ``NO_PROXY`` matches the host. httpx
-    reads these variables only when it builds its own transport, so they are
-    read here, for a client that is always given one.
+    ``url``, else ``ALL_PROXY``, unless ``NO_PROXY`` matches the host, as
+    urllib reads them (on macOS and Windows it falls back to the system
+    settings). httpx reads these variables only when it builds its own
+    transport, so they are read here, for a client that is always given one.
     """
     if configured:
         return configured
     parts = urlsplit(url)
-    proxies = urllib.request.getproxies_environment()
+    proxies = urllib.request.getproxies()
     proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass_environment(parts.netloc, proxies):
+    if not proxy or urllib.request.proxy_bypass(parts.netloc):
         return None
     # Like curl, take a proxy given without a scheme as an http:// proxy.
     return proxy if "://" in proxy else f"http://{proxy}"
@@ -245,7 +246,7 @@ class ApiClient:
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            snippet = response.text[:80].replace("\n", " ")
+            snippet = redactor.redact(response.text)[:80].replace("\n", " ")
             raise TransientError(
                 self.service,
                 method,
@@ -273,17 +274,22 @@ class ApiClient:
 
 
 def error_detail(response: httpx.Response) -> str:
-    """Return the API's own error message, or the start of the body."""
+    """Return the API's own error message, or the start of the body.
+
+    Known secrets are masked before the text is cut short, because a server
+    or a gateway may echo the request's headers, and the message is logged,
+    stored and printed.
+    """
     try:
         payload = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        text = response.text.strip().replace("\n", " ")
+        text = redactor.redact(response.text.strip().replace("\n", " "))
         return text[:200] or response.reason_phrase
     if isinstance(payload, dict):
         for key in ("error", "message", "error_info"):
             value = payload.get(key)
             if isinstance(value, str) and value:
-                return value[:500]
+                return redactor.redact(value)[:500]
     return response.reason_phrase
 
 

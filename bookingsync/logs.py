@@ -27,7 +27,7 @@ class SecretRedactor:
             if len(value) < 4:
                 continue
             self.secrets.add(value)
-            # The form a JSON log line holds when the secret has a quote,
+            # The form a JSON log line contains when the secret has a quote,
             # a backslash or a control character in it.
             self.secrets.add(json.dumps(value)[1:-1])
 
@@ -53,7 +53,7 @@ redactor = SecretRedactor()
 def write_redacted(message: str) -> None:
     """Write a formatted log line to stderr with every secret masked.
 
-    The line already holds the traceback, chained exceptions included, or
+    The line already contains the traceback, chained exceptions included, or
     the whole JSON record, so nothing reaches stderr unmasked.
     """
     sys.stderr.write(redactor.redact(message))
@@ -70,12 +70,21 @@ class InterceptHandler(logging.Handler):
         logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
 
 
+_FORMAT = {"json": False}
+
+
+def logger_format_is_text() -> bool:
+    """Tell whether log lines are plain text (not ``--log-format json``)."""
+    return not _FORMAT["json"]
+
+
 def configure_logging(level: str = "INFO", json_format: bool = False) -> None:
     """Log to stderr (journald captures it) with secrets masked.
 
     httpx, httpcore and apscheduler stay at WARNING unless ``level`` is DEBUG.
     ``diagnose`` is off so tracebacks never print local variables.
     """
+    _FORMAT["json"] = json_format
     logger.remove()
     logger.configure(patcher=redactor.patch)
     logger.add(

@@ -5,14 +5,19 @@ renders the metrics with the Prometheus client library and replaces the file
 atomically: ``write_to_textfile`` writes a temporary file beside it, then
 renames it over the old one.
 
-Every value is computed from the state database when the file is written,
-not kept in process memory. Runs, bookings, tokens, the last success and the
-duration come from the run table. Pipedrive responses by status class come
-from a meta row that each run adds its new responses to. So a one-shot
-``bookingsync sync`` and the daemon write the same totals, the counters keep
-growing across restarts instead of starting again at 0, and neither process
-undoes what the other counted. Dry runs count only in the Pipedrive request
-and token totals, because they write nothing.
+The counters are running totals kept in a row of the state database's meta
+table, not in process memory. Each run adds its counts to them under the
+sync lock, and the file is rendered from that row. So a one-shot
+``bookingsync sync`` and the daemon write the same totals, the counters do not
+start again at 0 in each new process, and neither process undoes what the
+other counted. The run table itself cannot hold the totals because full
+rescans prune old runs. When the row does not exist yet, it is seeded from
+the runs still in the run table. Pipedrive responses by status class are not
+in that history, so they count from the first update on.
+
+Dry runs count only in the Pipedrive request and token totals, because they
+write nothing. A process killed between the end of a run and the update
+loses that run from the totals.
 """
 
 from __future__ import annotations
@@ -21,161 +26,177 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 from loguru import logger
 from prometheus_client import CollectorRegistry, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from bookingsync.engine.store import Store
 from bookingsync.models.state import BookingState, Run
 from bookingsync.sinks.pipedrive import Usage
 
-RESPONSES_KEY = "metrics_pipedrive_responses"
+TOTALS_KEY = "metrics_totals"
 # Run outcomes that mean the pass finished: "partial" counts because one
 # booking that keeps failing would otherwise hide that all others sync.
 SUCCESS_OUTCOMES = ("ok", "partial")
-# The file is metrics, not secrets, and node_exporter reads it as another
+CHANGES = ("created", "updated", "cancelled")
+# The file contains counts, not secrets, and node_exporter reads it as another
 # user, so it is made readable to all despite the service's UMask=0077.
 FILE_MODE = 0o644
 
 
-class StateCollector:
-    """Collect the metrics from the run table and the recorded response totals."""
+@dataclass
+class Totals:
+    """The running totals behind the counters, as stored in the meta table."""
+
+    runs: dict[str, int] = field(default_factory=dict)
+    bookings: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+    tokens: int = 0
+    responses: dict[str, int] = field(default_factory=dict)
+    last_success: float | None = None
+    last_duration: float | None = None
+
+    @classmethod
+    def load(cls, store: Store) -> Totals | None:
+        value = store.get_meta(TOTALS_KEY)
+        if not value:
+            return None
+        known = {item.name for item in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(value).items() if k in known})
+
+    def save(self, store: Store) -> None:
+        store.set_meta(TOTALS_KEY, json.dumps(asdict(self), sort_keys=True))
+
+    def add_run(self, run: Run) -> None:
+        """Add one finished run's counts."""
+        self.tokens += run.tokens
+        if run.dry_run:
+            return
+        self.runs[run.outcome] = self.runs.get(run.outcome, 0) + 1
+        for change in CHANGES:
+            self.bookings[change] = self.bookings.get(change, 0) + getattr(run, change)
+        self.failed += run.failed
+        if run.finished_at is None:
+            return
+        self.last_duration = (run.finished_at - run.started_at).total_seconds()
+        if run.outcome in SUCCESS_OUTCOMES:
+            self.last_success = run.finished_at.timestamp()
+
+    def add_responses(self, new: Counter[str]) -> None:
+        for status_class, count in new.items():
+            self.responses[status_class] = self.responses.get(status_class, 0) + count
+
+
+def totals_from_history(store: Store) -> Totals:
+    """Add up the finished runs still in the run table, oldest first."""
+    totals = Totals()
+    with store.session() as session:
+        runs = session.exec(
+            select(Run).where(col(Run.finished_at).is_not(None)).order_by(col(Run.id))
+        ).all()
+    for run in runs:
+        totals.add_run(run)
+    return totals
+
+
+class TotalsCollector:
+    """Collect the metrics from the stored totals and the failing bookings."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
     def collect(self) -> Iterable[Metric]:
+        totals = Totals.load(self.store) or Totals()
+        return [
+            _labelled(
+                "bookingsync_runs",
+                "Finished sync runs, dry runs excluded, by outcome.",
+                "outcome",
+                totals.runs,
+            ),
+            _labelled(
+                "bookingsync_bookings_synced",
+                "Bookings written to Pipedrive, by the change made.",
+                "change",
+                {change: totals.bookings.get(change, 0) for change in CHANGES},
+            ),
+            CounterMetricFamily(
+                "bookingsync_bookings_failed",
+                "Booking failures summed over runs: a booking that fails in "
+                "3 runs counts 3 times.",
+                value=totals.failed,
+            ),
+            GaugeMetricFamily(
+                "bookingsync_bookings_failing",
+                "Bookings whose last attempt failed, waiting for a retry or a fix.",
+                value=self._failing_now(),
+            ),
+            _labelled(
+                "bookingsync_pipedrive_requests",
+                "Pipedrive responses by HTTP status class.",
+                "status_class",
+                totals.responses,
+            ),
+            CounterMetricFamily(
+                "bookingsync_pipedrive_tokens",
+                "Estimated Pipedrive API tokens spent from the daily budget.",
+                value=totals.tokens,
+            ),
+            *_last_run_gauges(totals),
+        ]
+
+    def _failing_now(self) -> int:
         with self.store.session() as session:
-            metrics = [
-                self._runs(session),
-                *self._bookings(session),
-                self._responses(),
-                self._tokens(session),
-                *self._last_runs(session),
-            ]
-        return metrics
+            count: int = session.exec(
+                select(func.count())
+                .select_from(BookingState)
+                .where(col(BookingState.error).is_not(None))
+            ).one()
+        return count
 
-    def _runs(self, session: Session) -> Metric:
-        family = CounterMetricFamily(
-            "bookingsync_runs",
-            "Finished sync runs (dry runs excluded) by outcome.",
-            labels=["outcome"],
-        )
-        rows = session.exec(
-            select(Run.outcome, func.count())
-            .where(*_finished_runs())
-            .group_by(Run.outcome)
-        ).all()
-        for outcome, count in sorted(rows):
-            family.add_metric([outcome], count)
-        return family
 
-    def _bookings(self, session: Session) -> list[Metric]:
-        created, updated, cancelled, failed = session.exec(
-            select(
-                func.coalesce(func.sum(Run.created), 0),
-                func.coalesce(func.sum(Run.updated), 0),
-                func.coalesce(func.sum(Run.cancelled), 0),
-                func.coalesce(func.sum(Run.failed), 0),
-            ).where(*_finished_runs())
-        ).one()
-        synced = CounterMetricFamily(
-            "bookingsync_bookings_synced",
-            "Bookings written to Pipedrive, by the change made.",
-            labels=["change"],
-        )
-        synced.add_metric(["created"], created)
-        synced.add_metric(["updated"], updated)
-        synced.add_metric(["cancelled"], cancelled)
-        failures = CounterMetricFamily(
-            "bookingsync_bookings_failed",
-            "Booking failures summed over runs: a booking failing in 3 runs "
-            "counts 3 times.",
-            value=failed,
-        )
-        failing_now = session.exec(
-            select(func.count())
-            .select_from(BookingState)
-            .where(col(BookingState.error).is_not(None))
-        ).one()
-        failing = GaugeMetricFamily(
-            "bookingsync_bookings_failing",
-            "Bookings whose last attempt failed and that wait for a retry or a fix.",
-            value=failing_now,
-        )
-        return [synced, failures, failing]
+def _labelled(
+    name: str, documentation: str, label: str, values: dict[str, int]
+) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
 
-    def _responses(self) -> Metric:
-        family = CounterMetricFamily(
-            "bookingsync_pipedrive_requests",
-            "Pipedrive responses by HTTP status class (2xx, 4xx, 5xx).",
-            labels=["status_class"],
-        )
-        for status_class, count in sorted(load_responses(self.store).items()):
-            family.add_metric([status_class], count)
-        return family
 
-    def _tokens(self, session: Session) -> Metric:
-        tokens = session.exec(select(func.coalesce(func.sum(Run.tokens), 0))).one()
-        return CounterMetricFamily(
-            "bookingsync_pipedrive_tokens",
-            "Estimated Pipedrive API tokens spent from the daily budget.",
-            value=tokens,
-        )
-
-    def _last_runs(self, session: Session) -> list[Metric]:
-        metrics: list[Metric] = []
-        last_success = session.exec(
-            select(func.max(Run.finished_at)).where(
-                *_finished_runs(), col(Run.outcome).in_(SUCCESS_OUTCOMES)
+def _last_run_gauges(totals: Totals) -> list[Metric]:
+    gauges: list[Metric] = []
+    if totals.last_success is not None:
+        gauges.append(
+            GaugeMetricFamily(
+                "bookingsync_last_success_timestamp_seconds",
+                "Unix time at which the last run that finished its pass ended; "
+                "runs with failed bookings count.",
+                value=totals.last_success,
             )
-        ).one()
-        if last_success is not None:
-            metrics.append(
-                GaugeMetricFamily(
-                    "bookingsync_last_success_timestamp_seconds",
-                    "When the last run that finished its pass ended (Unix time); "
-                    "runs with failed bookings count.",
-                    value=last_success.timestamp(),
-                )
+        )
+    if totals.last_duration is not None:
+        gauges.append(
+            GaugeMetricFamily(
+                "bookingsync_last_run_duration_seconds",
+                "Seconds the last finished run took.",
+                value=totals.last_duration,
             )
-        last = session.exec(
-            select(Run).where(*_finished_runs()).order_by(col(Run.id).desc()).limit(1)
-        ).first()
-        if last is not None and last.finished_at is not None:
-            duration = (last.finished_at - last.started_at).total_seconds()
-            metrics.append(
-                GaugeMetricFamily(
-                    "bookingsync_last_run_duration_seconds",
-                    "How long the last finished run took.",
-                    value=duration,
-                )
-            )
-        return metrics
-
-
-def _finished_runs() -> tuple[Any, ...]:
-    """Return the conditions selecting finished runs that were not dry runs."""
-    return (col(Run.finished_at).is_not(None), col(Run.dry_run).is_(False))
-
-
-def load_responses(store: Store) -> Counter[str]:
-    """Return the Pipedrive responses recorded so far, by status class."""
-    value = store.get_meta(RESPONSES_KEY)
-    return Counter(json.loads(value)) if value else Counter()
+        )
+    return gauges
 
 
 class MetricsFile:
-    """The metrics file of one process, rewritten after each run.
+    """The metrics file, rewritten after each run.
 
-    Call ``update()`` while holding the sync lock, so that two processes do
-    not both add their responses to the stored totals at once.
+    Call ``update()`` while holding the sync lock, so that two processes never
+    add to the stored totals at the same time.
     """
 
     def __init__(self, path: Path, store: Store, usage: Usage) -> None:
@@ -183,13 +204,25 @@ class MetricsFile:
         self.store = store
         self.usage = usage
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StateCollector(store))
+        self.registry.register(TotalsCollector(store))
         self._recorded: Counter[str] = Counter()
         self._failure: str | None = None
 
-    def update(self) -> None:
-        """Store the responses counted since the last update, then write the file."""
-        self._record_responses()
+    def update(self, run: Run | None) -> None:
+        """Add ``run`` and the new Pipedrive responses to the totals, write the file."""
+        totals = Totals.load(self.store)
+        if totals is None:
+            # The history already contains ``run``, which is finished.
+            totals = totals_from_history(self.store)
+        elif run is not None:
+            totals.add_run(run)
+        current = Counter(self.usage.responses)
+        totals.add_responses(current - self._recorded)
+        self._recorded = current
+        totals.save(self.store)
+        self._write()
+
+    def _write(self) -> None:
         try:
             write_to_textfile(str(self.path), self.registry)
             os.chmod(self.path, FILE_MODE)
@@ -199,15 +232,6 @@ class MetricsFile:
         if self._failure is not None:
             logger.info("Metrics file {path} written again", path=str(self.path))
             self._failure = None
-
-    def _record_responses(self) -> None:
-        current = Counter(self.usage.responses)
-        new = current - self._recorded
-        if new:
-            totals = load_responses(self.store)
-            totals.update(new)
-            self.store.set_meta(RESPONSES_KEY, json.dumps(totals, sort_keys=True))
-        self._recorded = current
 
     def _report_failure(self, error: str) -> None:
         # A directory that stays unwritable fails after every run: log it

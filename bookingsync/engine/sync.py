@@ -358,8 +358,8 @@ class SyncEngine:
             repeated = known is not None and known.error == item.problem
             logger.log(
                 "DEBUG" if repeated else "ERROR",
-                "Event {booking_id} is invalid and was skipped: {problem}",
-                booking_id=label,
+                "Event {booking} is invalid and was skipped: {problem}",
+                booking=label,
                 problem=item.problem,
             )
             if item.booking_id and not dry_run and not repeated:

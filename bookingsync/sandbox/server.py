@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -77,10 +78,18 @@ class EmulatorServer:
     """Serve ``app`` on 127.0.0.1 in a background thread.
 
     Use it as a context manager, or call ``start()`` and ``stop()``. ``url`` is
-    the base URL once started; ``requests`` lists every request served.
+    the base URL once started; ``requests`` lists every request served. With
+    ``ssl_context`` (a server-side context holding the certificate) it serves
+    HTTPS instead of HTTP.
     """
 
-    def __init__(self, app: Application, port: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        app: Application,
+        port: int = 0,
+        seed: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.app = app
         self.faults = FaultPlan(seed)
         # Called after the application handled a request, before the reply is
@@ -90,12 +99,20 @@ class EmulatorServer:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
+        self._scheme = "http"
+        if ssl_context is not None:
+            # The TLS handshake runs in accept(), where a failed one raises
+            # an OSError that the server loop ignores.
+            self._server.socket = ssl_context.wrap_socket(
+                self._server.socket, server_side=True
+            )
+            self._scheme = "https"
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self._scheme}://{host!s}:{port}"
 
     def start(self) -> EmulatorServer:
         self._thread = threading.Thread(

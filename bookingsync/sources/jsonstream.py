@@ -4,7 +4,7 @@ Vyte lists every event of an organization in one response. Decoding that
 body whole keeps the bytes, the decoded text and every parsed event in memory
 at once, several times the size of the body. ``iter_array`` yields each
 element as soon as its bytes have arrived, so a caller that keeps only a
-summary of each element holds about one element at a time.
+summary of each element has about one element in memory at a time.
 
 It accepts and rejects the same input as ``json.loads`` on the whole body,
 although its error messages give other positions.
@@ -41,7 +41,7 @@ def iter_array(chunks: Iterable[bytes]) -> Iterator[Any]:
     The encoding is detected from the first bytes, as ``json.loads`` does for
     bytes. Raises ``json.JSONDecodeError`` or ``UnicodeDecodeError`` for
     invalid input, possibly after yielding the elements before the fault, and
-    ``NotAnArray`` once the whole body has been read when it holds another
+    ``NotAnArray`` once the whole body has been read when it contains another
     JSON value.
     """
     stream = iter(chunks)
@@ -152,7 +152,7 @@ class _ArrayScanner:
 
 
 def _may_continue(buffer: str, start: int, end: int) -> bool:
-    """Tell whether a number decoded from ``buffer`` may go on in the next chunk.
+    """Return whether a number decoded from ``buffer`` may go on in the next chunk.
 
     Strings, objects, arrays and literals end with a fixed character, but a
     number cut at a chunk boundary still decodes, as ``12`` from ``12.5``.

@@ -6,8 +6,9 @@ against the snapshot. A page that comes back full may be truncated; the
 listing is then split per host with ``creator_users``.
 
 The listing is decoded event by event as it arrives, and an event whose change
-marker matches the snapshot is dropped at once, so a poll holds about one
-event at a time plus the events that changed, instead of the whole body.
+marker matches the snapshot is dropped at once. A poll therefore keeps about
+one event in memory at a time, plus the events that changed, instead of the
+whole body.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from bookingsync.http import (
     backoff_delay,
     build_timeout,
 )
+from bookingsync.logs import redactor
 from bookingsync.models.booking import Booking, Invitee
 from bookingsync.settings import Settings
 from bookingsync.sources.base import Cancelled, Invalid, Listing, Skipped
@@ -164,7 +166,7 @@ class VyteClient(ApiClient):
             ]
         except (json.JSONDecodeError, UnicodeDecodeError):
             text = bytes(head).decode(response.encoding or "utf-8", errors="replace")
-            snippet = text[:80].replace("\n", " ")
+            snippet = redactor.redact(text)[:80].replace("\n", " ")
             raise TransientError(
                 self.service,
                 "GET",
@@ -282,8 +284,8 @@ class VyteSource:
 class _Entry(NamedTuple):
     """One listed event: its ``_id`` and, unless it is unchanged, its body.
 
-    ``has_key`` tells whether the event is an object with an ``_id`` key, the
-    events that can be merged across per-host listings.
+    ``has_key`` is true for an object with an ``_id`` key, the kind of event
+    that is merged across per-host listings.
     """
 
     key: Any
