@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 import click
 from loguru import logger
+from sqlalchemy.engine import make_url
 
 from bookingsync.engine.sync import STOP_REQUESTED
 from bookingsync.errors import (
@@ -263,24 +264,48 @@ def _stop_on_signals(stop_requested: threading.Event) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_context
 def status(context: Context, as_json: bool) -> None:
-    """Show the last runs, their counts and the bookings that are failing."""
+    """Show the last runs, their counts and the bookings that are failing.
+
+    Reads the state database only; needs no API credentials. Run it as the
+    daemon's user (`sudo -u bookingsync bookingsync status`) so that it finds
+    the same database. Exit status 0, or 2 when there is no database.
+    """
     from bookingsync.app import open_store
     from bookingsync.status import collect_status, render_status
 
     settings = context.settings(needs_credentials=False)
+    url = make_url(settings.resolved_database_url())
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and not Path(str(url.database)).exists():
+        click.echo(
+            f"bookingsync: no state database at {url.database}: no sync has run "
+            "as this user yet. Run status as the daemon's user "
+            "(sudo -u bookingsync bookingsync status) or set BOOKINGSYNC_DATABASE_URL",
+            err=True,
+        )
+        sys.exit(EXIT_USAGE)
     try:
         store = open_store(settings)
     except ConfigurationError as exc:
         click.echo(f"bookingsync: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     data = collect_status(store)
-    click.echo(json.dumps(data, indent=2) if as_json else render_status(data))
+    data["database"] = shown
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(f"Database: {shown}\n" + render_status(data))
 
 
 @main.command()
 @pass_context
 def check(context: Context) -> None:
-    """Validate the settings and reach both APIs."""
+    """Validate the settings and reach both APIs.
+
+    Calls GET /v2/auth/test on Vyte and GET /api/v1/users/me on Pipedrive.
+    Exit status 0 when both calls succeed, 4 when either fails, 2 on a
+    configuration error.
+    """
     from bookingsync.sinks.pipedrive import PipedriveClient
     from bookingsync.sources.vyte import VyteClient
 

@@ -8,6 +8,7 @@ logs and tracebacks show them masked.
 
 from __future__ import annotations
 
+import difflib
 import os
 import ssl
 import tomllib
@@ -192,6 +193,9 @@ class Settings(BaseSettings):
     def _check_base_url(cls, value: str) -> str:
         if not value.startswith(("https://", "http://")):
             raise ValueError(f"{value!r} is not an http(s) URL")
+        host = value.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+        if not host or any(char.isspace() for char in value):
+            raise ValueError(f"{value!r} has no valid host name")
         if "?" in value or "#" in value:
             raise ValueError(f"{value!r} must not contain a query or fragment")
         return value.rstrip("/")
@@ -216,7 +220,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_log_level(cls, value: str) -> str:
         level = value.upper()
-        if level not in {"TRACE", "DEBUG", "INFO", "WARNING", "ERROR"}:
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError(f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR")
         return level
 
@@ -337,20 +341,25 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             [f"config file {str(config_file)!r} does not exist; fix --config"]
         )
     _CONFIG_FILE_IN_USE["path"] = config_file
-    unknown = _unknown_file_keys(config_file) if config_file else []
-    if unknown:
-        raise ConfigurationError(
-            [
-                f"unknown setting {key!r} in {config_file}: remove or fix it"
-                for key in unknown
-            ]
-        )
+    problems = [
+        _unknown_key_problem(key, config_file)
+        for key in (_unknown_file_keys(config_file) if config_file else [])
+    ]
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigurationError(_describe_problems(exc, config_file)) from None
+        problems.extend(_describe_problems(exc, config_file))
     except ValueError as exc:  # A TOML syntax error surfaces as a ValueError.
-        raise ConfigurationError([f"config file {str(config_file)!r}: {exc}"]) from None
+        problems.append(f"config file {str(config_file)!r}: {exc}")
+    if problems:
+        raise ConfigurationError(problems)
+    return settings
+
+
+def _unknown_key_problem(key: str, config_file: Path | None) -> str:
+    close = difflib.get_close_matches(key, Settings.model_fields, n=1)
+    advice = f"did you mean {close[0]!r}?" if close else "remove it or fix its name"
+    return f"unknown setting {key!r} in {config_file}: {advice}"
 
 
 def _unknown_file_keys(config_file: Path) -> list[str]:
@@ -363,14 +372,17 @@ def _unknown_file_keys(config_file: Path) -> list[str]:
 
 
 def _describe_problems(exc: ValidationError, config_file: Path | None) -> list[str]:
-    where = f" or `{{name}}` in {config_file}" if config_file else ""
+    file_name = config_file or DEFAULT_CONFIG_FILE
     problems = []
     for error in exc.errors(include_input=False):
         name = ".".join(str(part) for part in error["loc"]) or "settings"
         variable = ENV_PREFIX + name.upper()
-        hint = f"set {variable}" + where.format(name=name)
+        hint = f"set {variable} or `{name} = ...` in {file_name}"
+        if name in CredentialsSource.SECRET_FIELDS:
+            hint += f", or a systemd credential named {variable}"
+        message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "missing":
             problems.append(f"{variable} is missing: {hint}")
         else:
-            problems.append(f"{variable} is invalid: {error['msg']}; {hint}")
+            problems.append(f"{variable} is invalid: {message}; {hint}")
     return problems

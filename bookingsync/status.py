@@ -71,7 +71,7 @@ def _last_success(store: Store) -> str | None:
     with store.session() as session:
         run = session.exec(
             select(Run)
-            .where(Run.outcome == "ok", Run.dry_run == False)  # noqa: E712
+            .where(col(Run.outcome).in_(("ok", "partial")))
             .order_by(col(Run.id).desc())
             .limit(1)
         ).first()
@@ -96,48 +96,81 @@ def _booking_counts(store: Store) -> dict[str, int]:
     return {str(state): int(count) for state, count in rows}
 
 
+STATE_LABELS = {"none": "not synced yet"}
+
+
 def render_status(data: dict[str, Any]) -> str:
     """Render the status as readable text tables."""
-    lines = ["Last runs:"]
-    header = f"  {'id':>4}  {'started (UTC)':<19}  {'secs':>6}  {'trigger':<11}  "
-    header += (
-        f"{'outcome':<8} {'new':>4} {'upd':>4} {'canc':>4} {'fail':>4} {'reqs':>5}"
+    lines = _run_table(data["runs"])
+    counts = ", ".join(
+        f"{count} {STATE_LABELS.get(state, state)}"
+        for state, count in data["bookings"].items()
     )
-    lines.append(header)
-    for run in data["runs"]:
-        started = (run["started_at"] or "")[:19].replace("T", " ")
-        seconds = run["duration_seconds"]
-        lines.append(
-            f"  {run['id']:>4}  {started:<19}  "
-            f"{seconds if seconds is not None else '-':>6}  "
-            f"{run['trigger'] + ('/dry' if run['dry_run'] else ''):<11}  "
-            f"{run['outcome']:<8} {run['created']:>4} {run['updated']:>4} "
-            f"{run['cancelled']:>4} {run['failed']:>4} {run['pipedrive_requests']:>5}"
-        )
-        if run["error"]:
-            lines.append(f"        stopped: {run['error']}")
-    if not data["runs"]:
-        lines.append("  (no runs yet)")
-    counts = ", ".join(f"{count} {state}" for state, count in data["bookings"].items())
     lines.append(f"Bookings: {counts or 'none yet'}")
+
+    last = data["last_success_at"]
+    behind = data["behind_seconds"]
+    ago = f" ({behind:.0f} s ago)" if behind is not None else ""
+    lines.append(f"Last finished run: {_short_time(last) if last else 'never'}{ago}")
+    next_poll = data["next_poll_at"]
     lines.append(
-        f"Last complete run: {data['last_success_at'] or 'never'}"
-        + (
-            f" ({data['behind_seconds']:.0f} s ago)"
-            if data["behind_seconds"] is not None
-            else ""
-        )
+        "Next scheduled poll: "
+        + (_short_time(next_poll) if next_poll else "unknown (is the daemon running?)")
     )
-    next_poll = data["next_poll_at"] or "unknown (is the daemon running?)"
-    lines.append(f"Next scheduled poll: {next_poll}")
     if data["paused_until"]:
         lines.append(
-            f"Pipedrive paused until: {data['paused_until']} (daily budget spent)"
+            f"Pipedrive paused until {_short_time(data['paused_until'])} "
+            "(daily API budget spent)"
         )
-    lines.append("Failing bookings:" if data["failing"] else "Failing bookings: none")
-    for item in data["failing"]:
-        lines.append(
-            f"  {item['booking']} (attempt {item['attempts']}, next retry "
-            f"{item['next_retry_at'] or '-'}): {item['error']}"
-        )
+
+    lines.extend(_failing_lines(data))
     return "\n".join(lines)
+
+
+def _run_table(runs: list[dict[str, Any]]) -> list[str]:
+    lines = ["Last runs:"]
+    lines.append(
+        f"  {'id':>4}  {'started (UTC)':<19}  {'secs':>6}  {'trigger':<11}  "
+        f"{'outcome':<10} {'new':>4} {'upd':>4} {'canc':>4} {'fail':>4} {'reqs':>5}"
+    )
+    for run in runs:
+        seconds = run["duration_seconds"]
+        lines.append(
+            f"  {run['id']:>4}  {_short_time(run['started_at']):<19}  "
+            f"{f'{seconds:.1f}' if seconds is not None else '-':>6}  "
+            f"{run['trigger']:<11}  {run['outcome']:<10} {run['created']:>4} "
+            f"{run['updated']:>4} {run['cancelled']:>4} {run['failed']:>4} "
+            f"{run['pipedrive_requests']:>5}"
+        )
+        if run["error"]:
+            lines.append(f"        {run['outcome']}: {run['error']}")
+    if not runs:
+        lines.append("  (no runs yet)")
+    return lines
+
+
+def _failing_lines(data: dict[str, Any]) -> list[str]:
+    failing = data["failing"]
+    lines = ["Failing bookings:" if failing else "Failing bookings: none"]
+    for item in failing:
+        retry = item["next_retry_at"]
+        when = (
+            f"next retry {_short_time(retry)}"
+            if retry
+            else "waits until it changes or `bookingsync retry`"
+        )
+        lines.append(
+            f"  {item['booking']} (attempt {item['attempts']}, {when}): {item['error']}"
+        )
+    # Events without an id have no booking row; the last run lists them.
+    known = {item["booking"] for item in failing}
+    last = data["runs"][0] if data["runs"] else None
+    for label, problem in (last["problems"] if last else {}).items():
+        if f"vyte:{label}" not in known and label not in known:
+            lines.append(f"  {label} (last run): {problem}")
+    return lines
+
+
+def _short_time(value: str | None) -> str:
+    """Return an ISO time as ``YYYY-MM-DD HH:MM:SS`` (UTC)."""
+    return (value or "")[:19].replace("T", " ")

@@ -180,5 +180,5 @@ def test_status_reports_freshness(app: App, add_booking: AddBooking) -> None:
     assert data["last_success_at"] is not None
     assert data["behind_seconds"] is not None
     assert data["behind_seconds"] < 60
-    assert "Last complete run:" in text
+    assert "Last finished run:" in text
     assert json.loads(json.dumps(data)) == data

@@ -260,3 +260,59 @@ def test_daemon_job_options_guard_overlap() -> None:
     assert options["max_instances"] == 1
     assert options["coalesce"] is True
     assert options["misfire_grace_time"] == 60
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["notaurl", "mysql://user@127.0.0.1:1/db", "sqlite:////proc/forbidden/x.db"],
+    ids=["not-a-url", "driver-missing", "unwritable"],
+)
+def test_cli_bad_database_url_exit_two(cli_env: dict[str, str], url: str) -> None:
+    """An unusable database URL is a configuration error, not a traceback."""
+    cli_env["BOOKINGSYNC_DATABASE_URL"] = url
+
+    result = run_cli(cli_env, "sync")
+
+    assert result.returncode == 2
+    assert "BOOKINGSYNC_DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_status_without_database_creates_nothing(
+    cli_env: dict[str, str], tmp_path: Any
+) -> None:
+    """`status` on a missing SQLite file says so and creates no file."""
+    target = tmp_path / "absent" / "state.db"
+    cli_env["BOOKINGSYNC_DATABASE_URL"] = f"sqlite:///{target}"
+
+    result = run_cli(cli_env, "status")
+
+    assert result.returncode == 2
+    assert "no state database" in result.stderr
+    assert not target.parent.exists()
+
+
+def test_cli_skipped_event_reason_logged(
+    cli_env: dict[str, str],
+    add_booking: AddBooking,
+    vyte_emulator: VyteEmulator,
+    host_id: str,
+) -> None:
+    """An event with only the organizer is skipped with its reason logged."""
+    start = datetime(2027, 5, 3, 9, 0, tzinfo=ZoneInfo("UTC"))
+    vyte_emulator.add_event(
+        build_event(
+            host_email=HOST_EMAIL,
+            host_name="Sam Seller",
+            host_user_id=host_id,
+            title="Solo",
+            slots=[(start, start.replace(minute=30))],
+            invitees=[],
+        )
+    )
+    add_booking()
+
+    result = run_cli(cli_env, "sync")
+
+    assert result.returncode == 0, result.stderr
+    assert "skipped: has no invitee other than the organizer" in result.stderr

@@ -229,7 +229,7 @@ def test_settings_invalid_file_value_names_file(tmp_path: Path) -> None:
         load_settings(path, **CREDENTIALS)
 
     assert "BOOKINGSYNC_POLL_INTERVAL is invalid" in caught.value.problems[0]
-    assert f"`poll_interval` in {path}" in caught.value.problems[0]
+    assert f"`poll_interval = ...` in {path}" in caught.value.problems[0]
 
 
 def test_settings_toml_syntax_error_names_file(tmp_path: Path) -> None:

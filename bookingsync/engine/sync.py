@@ -28,7 +28,7 @@ from bookingsync.models.booking import Booking
 from bookingsync.models.state import BookingState, RemoteState, Run
 from bookingsync.settings import Settings
 from bookingsync.sinks.pipedrive import PipedriveClient
-from bookingsync.sources.base import Cancelled, Invalid, Listing, Source
+from bookingsync.sources.base import Cancelled, Invalid, Listing, Skipped, Source
 
 
 class Mode(StrEnum):
@@ -82,6 +82,7 @@ class SyncEngine:
         self.now = now
         self.stop_requested = stop_requested or threading.Event()
         self.applier = Applier(settings, client, store)
+        self._logged_skips: set[tuple[str, str]] = set()
 
     def run(
         self,
@@ -167,6 +168,7 @@ class SyncEngine:
             len(listing.bookings) + len(listing.cancelled) + len(listing.unchanged_ids)
         )
         run.skipped = len(listing.skipped)
+        self._log_skipped(listing.skipped)
         run.unchanged = len(listing.unchanged_ids)
         self._record_invalid(listing.invalid, report, dry_run, states)
         report.actions = self.plan(listing, states, report)
@@ -186,6 +188,18 @@ class SyncEngine:
             self._apply(action, run, report)
             if self.progress is not None:
                 self.progress(done, len(report.actions))
+
+    def _log_skipped(self, skipped: list[Skipped]) -> None:
+        """Log why each event is skipped: INFO the first time, DEBUG after."""
+        for item in skipped:
+            seen = (item.booking_id, item.reason)
+            logger.log(
+                "DEBUG" if seen in self._logged_skips else "INFO",
+                "Event {booking} skipped: {reason}",
+                booking=item.booking_id,
+                reason=item.reason,
+            )
+            self._logged_skips.add(seen)
 
     def _known_updates(self, states: dict[str, BookingState]) -> dict[str, str | None]:
         return {
@@ -422,7 +436,9 @@ class SyncEngine:
         run.failed = len(report.failed)
         run.problems = json.dumps(report.failed)
         run.error = report.stopped
-        if report.stopped:
+        if run.dry_run:
+            run.outcome = "dry-run"
+        elif report.stopped:
             run.outcome = "stopped"
         elif report.suspicious:
             run.outcome = "suspicious"

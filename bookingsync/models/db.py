@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from bookingsync.errors import ConfigurationError
@@ -25,22 +26,54 @@ def open_engine(url: str) -> Engine:
 
     Raises ``ConfigurationError`` for a database written by a newer version.
     """
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(
+            [
+                f"BOOKINGSYNC_DATABASE_URL {url!r} is not a database URL; use for "
+                "example sqlite:////var/lib/bookingsync/bookingsync.db"
+            ]
+        ) from None
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite and parsed.database not in (None, "", ":memory:"):
-        _prepare_sqlite_file(Path(parsed.database))
+        try:
+            _prepare_sqlite_file(Path(parsed.database))
+        except OSError as exc:
+            raise ConfigurationError(
+                [
+                    f"cannot create the state database {parsed.database!r}: "
+                    f"{exc.strerror}; check BOOKINGSYNC_DATABASE_URL and the "
+                    "directory's permissions"
+                ]
+            ) from None
 
     connect_args: dict[str, Any] = {}
     if is_sqlite:
         # Transactions are begun explicitly (see _begin_immediate).
         connect_args = {"isolation_level": None, "check_same_thread": False}
-    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ConfigurationError(
+            [f"BOOKINGSYNC_DATABASE_URL {shown!r} cannot be used: {exc}"]
+        ) from None
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _begin_immediate)
 
     try:
         migrate(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise ConfigurationError(
+            [
+                f"cannot open the state database {shown!r}: {reason}; check "
+                "BOOKINGSYNC_DATABASE_URL and that this user may use it"
+            ]
+        ) from None
     except Exception:
         engine.dispose()
         raise

@@ -154,7 +154,14 @@ def run_demo(keep_running: bool = False) -> int:
             click.echo("\n== `bookingsync status` after the demo")
             click.echo(render_status(collect_status(app.store)))
             if keep_running:
-                click.echo("Emulators keep running; press Ctrl-C to stop.")
+                click.echo(
+                    "\nEmulators keep running; press Ctrl-C to stop. To use them:\n"
+                    f"  export BOOKINGSYNC_VYTE_BASE_URL={vyte.url}\n"
+                    f"  export BOOKINGSYNC_VYTE_API_KEY={DEMO_VYTE_KEY}\n"
+                    f"  export BOOKINGSYNC_PIPEDRIVE_BASE_URL={pipedrive.url}\n"
+                    f"  export BOOKINGSYNC_PIPEDRIVE_API_TOKEN={DEMO_PIPEDRIVE_TOKEN}\n"
+                    f"  export BOOKINGSYNC_DATABASE_URL={settings.database_url}"
+                )
                 _wait_forever()
         finally:
             app.close()
