@@ -64,7 +64,17 @@ def collect_status(
         "behind_seconds": _behind_seconds(store, now),
         "next_poll_at": store.get_meta("daemon_next_poll_at"),
         "paused_until": store.get_meta("pipedrive_paused_until"),
+        "deleted_in_pipedrive": _deleted_in_pipedrive(store),
     }
+
+
+def _deleted_in_pipedrive(store: Store) -> list[dict[str, Any]]:
+    """List bookings whose activity someone deleted in Pipedrive."""
+    with store.session() as session:
+        rows = session.exec(
+            select(BookingState).where(BookingState.remote_state == "gone")
+        ).all()
+    return [{"booking": row.key, "activity_id": row.activity_id} for row in rows]
 
 
 def _last_success(store: Store) -> str | None:
@@ -124,6 +134,14 @@ def render_status(data: dict[str, Any]) -> str:
         )
 
     lines.extend(_failing_lines(data))
+    gone = data["deleted_in_pipedrive"]
+    if gone:
+        lines.append(
+            "Activities deleted in Pipedrive (recreated if the booking changes):"
+        )
+        lines.extend(
+            f"  {item['booking']} (activity {item['activity_id']})" for item in gone
+        )
     return "\n".join(lines)
 
 

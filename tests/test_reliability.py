@@ -488,6 +488,8 @@ def test_deleted_activity_stays_deleted_until_booking_changes(
     app.sync(Mode.FULL)
     assert pipedrive.writes() == []
     assert collect_status(app.store)["bookings"].get("gone") == 1
+    listed = collect_status(app.store)["deleted_in_pipedrive"]
+    assert [item["activity_id"] for item in listed] == [activity_id]
 
     new_start = in_days(8)
     vyte_emulator.reschedule(event["_id"], new_start, new_start + timedelta(minutes=30))
