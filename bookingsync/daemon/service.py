@@ -32,6 +32,7 @@ from bookingsync.errors import LockBusy
 from bookingsync.settings import Settings
 
 NEXT_POLL_KEY = "daemon_next_poll_at"
+TRIGGER_DEBOUNCE_SECONDS = 0.5
 POLL_JOB = "poll"
 FULL_JOB = "full-rescan"
 MANUAL_JOB = "manual"
@@ -243,6 +244,9 @@ class Daemon:
             self.wake.wait(timeout=wake_interval)
             self.wake.clear()
             if self.trigger_requested.is_set() and not self.stop_requested.is_set():
+                # Let the rest of a burst of signals arrive, so that it
+                # collapses into one run.
+                self.stop_requested.wait(TRIGGER_DEBOUNCE_SECONDS)
                 self.trigger_requested.clear()
                 self._queue_manual_run()
             self._check_health()

@@ -500,6 +500,11 @@ class _EventParser:
                 email and email == host_email
             ):
                 continue
+            # NOTE: "su" is undocumented; Vyte's samples set it on the
+            # organizer's own entry, so it identifies the organizer when
+            # created_by carries neither email nor user.
+            if item.get("su") is True and not (host_email or host_user):
+                continue
             if email is None:
                 rejected.append(repr(raw_email))
                 continue
