@@ -1,6 +1,6 @@
 """Backfill against the rate limit: thousands of new bookings in one run.
 
-The daemon starts with an empty state database while Vyte already holds the
+The daemon starts with an empty state database while Vyte already contains the
 organization's bookings, as on the day it is installed. The Pipedrive
 emulator runs in its own process with a burst limit, and the daemon's
 ``pipedrive_burst_limit`` is set to the same value. The figures are the
@@ -23,6 +23,7 @@ from typing import Any
 from benchmarks.harness import (
     VYTE_KEY,
     EmulatorProcess,
+    RecordingTransport,
     make_settings,
     reschedule_later,
     varied_event,
@@ -57,6 +58,25 @@ class PollCount:
 
 
 @dataclass(frozen=True)
+class TimeSplit:
+    """The split of the backfill's wall time."""
+
+    wall_seconds: float
+    cpu_seconds: float
+    awaiting_response_seconds: float
+    window_exhausted: int
+    reset_seconds: float
+
+    @property
+    def other_seconds(self) -> float:
+        """Wall time neither in the daemon's CPU nor awaiting a response.
+
+        That is mostly the pacer sleeping, plus waits for the disk.
+        """
+        return self.wall_seconds - self.cpu_seconds - self.awaiting_response_seconds
+
+
+@dataclass(frozen=True)
 class BackfillResult:
     bookings: int
     bookers: int
@@ -64,6 +84,7 @@ class BackfillResult:
     burst_limit: int
     polls: list[PollCount]
     by_endpoint: list[tuple[str, int]]
+    split: TimeSplit
 
     @property
     def backfill(self) -> PollCount:
@@ -104,9 +125,8 @@ def changed_ids(events: list[JsonObject]) -> list[str]:
     return [event["_id"] for event in events[::CHANGED_EVERY]]
 
 
-def run(workdir: Path, bookings: int) -> BackfillResult:
-    """Backfill ``bookings`` bookings, then poll unchanged and with 1% moved."""
-    _, events = booking_history(bookings)
+def run(workdir: Path, events: list[JsonObject]) -> BackfillResult:
+    """Backfill ``events``, then poll unchanged and with 1% rescheduled."""
     vyte = VyteEmulator(api_key=VYTE_KEY)
     for event in events:
         vyte.add_event(event)
@@ -127,9 +147,18 @@ def run(workdir: Path, bookings: int) -> BackfillResult:
             pipedrive_burst_limit=BURST_LIMIT,
             vyte_page_limit=PAGE_LIMIT,
         )
-        app = App.build(settings)
+        transport = RecordingTransport()
+        app = App.build(settings, pipedrive_transport=transport)
         try:
+            cpu_before = time.process_time()
             polls = [_counted(app, pipedrive, "backfill", len(events))]
+            split = TimeSplit(
+                polls[0].wall_seconds,
+                time.process_time() - cpu_before,
+                transport.seconds,
+                transport.window_exhausted,
+                transport.reset_seconds,
+            )
             polls.append(_counted(app, pipedrive, "unchanged poll", 0))
             moved = changed_ids(events)
             reschedule_later(vyte, moved)
@@ -137,8 +166,10 @@ def run(workdir: Path, bookings: int) -> BackfillResult:
         finally:
             app.close()
         endpoints = _by_endpoint(pipedrive.stats())
-    bookers, companies = mix(bookings)
-    return BackfillResult(bookings, bookers, companies, BURST_LIMIT, polls, endpoints)
+    bookers, companies = mix(len(events))
+    return BackfillResult(
+        len(events), bookers, companies, BURST_LIMIT, polls, endpoints, split
+    )
 
 
 def _counted(

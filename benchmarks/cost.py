@@ -1,9 +1,9 @@
 """Cost per booking: Pipedrive requests and tokens for each kind of change.
 
 One sandbox lives through a scripted story, and each step is one poll whose
-Pipedrive requests and tokens the emulator counts: a new booker from a new
-company, the same guest booking again, a colleague from the same company, a
-reschedule, a cancellation, then polls in which nothing changed.
+Pipedrive requests and tokens the emulator counts. The steps are a new booker
+from a new company, the same guest booking again, a colleague from the same
+company, a reschedule, a cancellation, then polls in which nothing changed.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 from loguru import logger
 
 from bookingsync.app import App
@@ -93,7 +94,7 @@ def make_settings(
 
 @dataclass(frozen=True)
 class SyncCost:
-    """What one sync pass cost, as the emulators counted it."""
+    """The cost of one sync pass, as the emulators counted it."""
 
     requests: int
     tokens: int
@@ -116,10 +117,40 @@ def endpoint_name(method: str, path: str) -> str:
     return f"{method} {'/'.join(segments)}"
 
 
+class RecordingTransport(httpx.BaseTransport):
+    """An httpx transport that times requests and notes rate-limit headers.
+
+    Passed to ``App.build``, it shows where a run's wall time goes: waiting
+    for responses, or elsewhere (the daemon's own work and its pacing).
+    """
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+        self.requests = 0
+        self.seconds = 0.0
+        # Responses that said the burst window is used up, and the seconds
+        # their x-ratelimit-reset header asked the client to wait.
+        self.window_exhausted = 0
+        self.reset_seconds = 0.0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        started = time.perf_counter()
+        response = self._inner.handle_request(request)
+        self.seconds += time.perf_counter() - started
+        self.requests += 1
+        if response.headers.get("x-ratelimit-remaining") == "0":
+            self.window_exhausted += 1
+            self.reset_seconds += float(response.headers.get("x-ratelimit-reset", 0))
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 class EmulatorProcess:
     """``benchmarks.serve`` running in a child process, with its spec.
 
-    Use it as a context manager; ``ready`` holds the URLs and ids it printed.
+    Use it as a context manager. ``ready`` contains the URLs and ids it printed.
     """
 
     def __init__(self, workdir: Path, spec: dict[str, Any]) -> None:

@@ -1,21 +1,19 @@
 """Measure one poll, or the JSON parse floor, in a fresh process.
 
-``ru_maxrss`` is a per-process high-water mark, so each memory figure needs a
-process of its own. The poll benchmark starts this module once per
-measurement with a JSON spec as its only argument and reads one JSON line of
-figures from its output.
+A fresh process has no caches, heap or peak memory left over from another
+measurement. The poll benchmark starts this module once per measurement with
+a JSON spec as its only argument and reads one JSON line of figures from its
+output.
 
 Kinds of measurement (``spec["kind"]``):
 
-- ``poll`` (or ``poll-memory``): wall time, CPU time and the peak resident
-  memory added by one ``App.sync()`` against the emulators and the state
-  database named in the spec. The two kinds differ only in name, because
-  the benchmark reads the time from one process and the memory from another.
+- ``poll``: wall time, CPU time and the peak resident memory added by one
+  ``App.sync()`` against the emulators and the state database named in the
+  spec, after a first poll in which nothing changed (see ``warm_up``).
 - ``poll-profile``: the same poll under cProfile, with the top functions.
-- ``floor``: download the same listing with httpx, then time ``json.loads``
-  of the exact body bytes (best of three) and the download plus parse.
-- ``floor-memory``: the peak resident memory that downloading and parsing
-  the listing adds.
+- ``floor``: download the same listing with httpx and decode it with
+  ``json.loads``, reporting the time and peak memory of both together, then
+  time ``json.loads`` alone of the exact body bytes (best of three).
 
 Run: ``python -m benchmarks.probe '{"kind": "poll", ...}'``.
 """
@@ -31,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# The profile lists the daemon's functions and the library calls that matter.
+PROFILE_FILTER = r"bookingsync/|json/decoder|sqlite3|httpx/_client.py"
 
 
 def resident_bytes() -> int:
@@ -67,7 +67,7 @@ def build_app(spec: dict[str, Any]) -> Any:
     isolate_environment()
     settings = make_settings(
         Path(spec["workdir"]),
-        spec["vyte_url"],
+        spec["warm_up_vyte_url"],
         spec["pipedrive_url"],
         database_url=spec["database_url"],
         vyte_page_limit=spec["page_limit"],
@@ -76,10 +76,37 @@ def build_app(spec: dict[str, Any]) -> Any:
     return App.build(settings)
 
 
+def warm_up(app: Any, spec: dict[str, Any]) -> float:
+    """Run a first poll in which nothing changed; return its CPU time.
+
+    The daemon is a long-lived process, so the poll that matters is a later
+    one, with SQLAlchemy's statement cache filled and the connections open.
+    Afterwards the source is pointed at the Vyte emulator of the measured
+    poll, which may hold changed events.
+    """
+    from bookingsync.sources.vyte import VyteClient
+
+    cpu_before = time.process_time()
+    report = app.sync(trigger="benchmark")
+    cpu = time.process_time() - cpu_before
+    if not report.ok or report.run is None or report.run.updated:
+        raise RuntimeError(f"the warm-up poll was not an unchanged poll: {report}")
+    if spec["vyte_url"] != spec["warm_up_vyte_url"]:
+        settings = app.settings.model_copy(update={"vyte_base_url": spec["vyte_url"]})
+        app.source.client.close()
+        app.source.client = VyteClient.from_settings(settings)
+        app.source.client.request("GET", "/v2/auth/test")
+    return cpu
+
+
 def measure_poll(spec: dict[str, Any], profiler: Any = None) -> dict[str, Any]:
     app = build_app(spec)
-    reset_peak_resident()
+    # Memory is counted from the idle daemon, before the first poll: a later
+    # poll reuses memory that the first one freed, so growth from the start of
+    # the measured poll would miss most of its working set.
     resident_before = resident_bytes()
+    first_cpu = warm_up(app, spec)
+    reset_peak_resident()
     cpu_before = time.process_time()
     wall_before = time.perf_counter()
     if profiler is not None:
@@ -104,21 +131,36 @@ def measure_poll(spec: dict[str, Any], profiler: Any = None) -> dict[str, Any]:
         "wall_seconds": wall,
         "cpu_seconds": cpu,
         "peak_added_bytes": peak_added,
+        "first_poll_cpu_seconds": first_cpu,
     }
 
 
 def profile_poll(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run the poll under cProfile and return the functions that cost most."""
+    """Run the poll under cProfile and return the functions that cost most.
+
+    Only the daemon's own functions, JSON decoding, SQLite and httpx requests
+    are listed, sorted by cumulative time, with paths shortened.
+    """
     import cProfile
     import io
     import pstats
+    import site
+    import sysconfig
 
     profiler = cProfile.Profile()
     figures = measure_poll(spec, profiler)
     text = io.StringIO()
-    stats = pstats.Stats(profiler, stream=text).strip_dirs()
-    stats.sort_stats("tottime").print_stats(spec.get("top", 25))
-    figures["profile"] = text.getvalue()
+    stats = pstats.Stats(profiler, stream=text).sort_stats("cumulative")
+    stats.print_stats(PROFILE_FILTER, spec.get("top", 30))
+    listing = text.getvalue()
+    prefixes = [
+        str(Path(__file__).resolve().parents[1]),
+        *site.getsitepackages(),
+        sysconfig.get_paths()["stdlib"],
+    ]
+    for prefix in prefixes:
+        listing = listing.replace(prefix + "/", "")
+    figures["profile"] = listing
     return figures
 
 
@@ -144,12 +186,16 @@ def download(client: Any, spec: dict[str, Any]) -> bytes:
 
 def measure_floor(spec: dict[str, Any]) -> dict[str, Any]:
     client = listing_client(spec)
+    reset_peak_resident()
+    resident_before = resident_bytes()
     cpu_before = time.process_time()
     wall_before = time.perf_counter()
     body = download(client, spec)
-    json.loads(body)
+    events = json.loads(body)
     download_cpu = time.process_time() - cpu_before
     download_wall = time.perf_counter() - wall_before
+    peak_added = peak_resident_bytes() - resident_before
+    del events
 
     parse_cpu = parse_wall = float("inf")
     for _ in range(3):
@@ -164,31 +210,23 @@ def measure_floor(spec: dict[str, Any]) -> dict[str, Any]:
         "parse_wall_seconds": parse_wall,
         "download_parse_cpu_seconds": download_cpu,
         "download_parse_wall_seconds": download_wall,
+        "peak_added_bytes": peak_added,
     }
-
-
-def measure_floor_memory(spec: dict[str, Any]) -> dict[str, Any]:
-    client = listing_client(spec)
-    reset_peak_resident()
-    resident_before = resident_bytes()
-    events = json.loads(download(client, spec))
-    peak_added = peak_resident_bytes() - resident_before
-    return {"events": len(events), "peak_added_bytes": peak_added}
 
 
 def main(argument: str) -> None:
     spec = json.loads(argument)
     kind = spec["kind"]
-    if kind in ("poll", "poll-memory"):
+    if kind == "poll":
         figures = measure_poll(spec)
     elif kind == "poll-profile":
         figures = profile_poll(spec)
     elif kind == "floor":
         figures = measure_floor(spec)
-    elif kind == "floor-memory":
-        figures = measure_floor_memory(spec)
     else:
-        raise SystemExit(f"unknown measurement kind {kind!r}")
+        raise SystemExit(
+            f"unknown measurement kind {kind!r}; expected poll, poll-profile or floor"
+        )
     print(json.dumps(figures), flush=True)
 
 

@@ -14,7 +14,7 @@ It reads a JSON spec, starts on 127.0.0.1
   ``daily_token_budget``, seeded with ``seed_sets`` sets of one organization,
   two persons, a deal and an activity;
 
-prints one JSON line with the URLs and seeded ids, then answers commands on
+prints one JSON line with the URLs and seeded ids, then reads commands from
 standard input, one per line, until it closes:
 
 - ``stats``: print the Pipedrive emulator's ``tokens_spent`` and its request
@@ -87,7 +87,7 @@ class CachedListing:
 
 def vyte_emulator(events: list[JsonObject]) -> VyteEmulator:
     # The events already name their host. The runner lists no users, because
-    # the daemon asks for them only when a listing comes back full.
+    # the daemon requests them only when a listing comes back full.
     emulator = VyteEmulator(api_key=VYTE_KEY)
     for event in events:
         emulator.add_event(event)
