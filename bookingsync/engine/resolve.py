@@ -66,11 +66,19 @@ class Resolver:
         self.store = store
         self.creator = creator
         self._users: dict[str, int] | None = None
+        self._org_created = False
+        # Deals seen open during the current run, so each is read only once.
+        self._open_deals: set[int] = set()
+
+    def start_run(self) -> None:
+        """Forget what was learned about deals in earlier runs."""
+        self._open_deals.clear()
 
     def resolve(
         self, booking: Booking, organization: str | None, state: BookingState | None
     ) -> Resolution:
         owner_id = self.owner_for(booking.host_email)
+        self._org_created = False
         org_id = self.organization(booking, organization, owner_id)
         person_ids: list[int] = []
         booker_origin = Origin.MAPPING
@@ -87,8 +95,12 @@ class Resolver:
                 booker_origin = origin
         self.store.update_booking(booking.key, person_ids=person_ids, org_id=org_id)
 
+        # A new organization, or a new person without one, has no deal yet.
+        owner_is_new = (
+            self._org_created if org_id is not None else booker_origin is Origin.CREATED
+        )
         deal_id, deal_origin = self.deal(
-            booking, organization, org_id, person_ids[0], owner_id, state
+            booking, organization, org_id, person_ids[0], owner_id, state, owner_is_new
         )
         ids = RemoteIds(tuple(person_ids), org_id, deal_id, owner_id)
         return Resolution(ids, booker_origin, deal_origin)
@@ -144,6 +156,7 @@ class Resolver:
             find=lambda since: self._recent_organization(name, since),
             remember=lambda item_id: self.store.remember_organization(name, item_id),
         )
+        self._org_created = not existed
         if not existed:
             logger.info(
                 "Created organization {org_id} {name!r} for booking {booking}",
@@ -251,6 +264,7 @@ class Resolver:
         person_id: int,
         owner_id: int | None,
         state: BookingState | None,
+        owner_is_new: bool = False,
     ) -> tuple[int | None, Origin | None]:
         if not self.settings.create_deals:
             return None, None
@@ -258,10 +272,13 @@ class Resolver:
             return state.deal_id, Origin.MAPPING
         owner_key = f"org:{org_id}" if org_id is not None else f"person:{person_id}"
         deal_id = self.store.deal_id(owner_key)
-        if deal_id is not None and self.deal_is_open(deal_id):
+        if deal_id is not None and (
+            deal_id in self._open_deals or self.deal_is_open(deal_id)
+        ):
+            self._open_deals.add(deal_id)
             self.store.update_booking(booking.key, deal_id=deal_id)
             return deal_id, Origin.MAPPING
-        found = self.find_open_deal(org_id, person_id)
+        found = None if owner_is_new else self.find_open_deal(org_id, person_id)
         origin = Origin.FOUND
         if found is None:
             found, existed = self.creator.create(
@@ -281,6 +298,7 @@ class Resolver:
                 )
         self.store.remember_deal(owner_key, found)
         self.store.update_booking(booking.key, deal_id=found)
+        self._open_deals.add(found)
         return found, origin
 
     def deal_is_open(self, deal_id: int) -> bool:

@@ -40,11 +40,21 @@ class Store:
     # Bookings ------------------------------------------------------------
 
     def booking_states(self, source: str) -> dict[str, BookingState]:
+        """Return every booking of a source, keyed by booking id.
+
+        The stored content columns are left out (read as None): planning does
+        not need them, and they are most of the table's size.
+        """
+        columns = [
+            column
+            for column in BookingState.__table__.columns  # type: ignore[attr-defined]
+            if column.name not in ("synced_content", "seen_content")
+        ]
         with self.session() as session:
             rows = session.exec(
-                select(BookingState).where(BookingState.source == source)
+                select(*columns).where(BookingState.source == source)
             ).all()
-        return {row.booking_id: row for row in rows}
+        return {row.booking_id: BookingState(**row._asdict()) for row in rows}
 
     def booking_state(self, key: str) -> BookingState | None:
         with self.session() as session:

@@ -7,7 +7,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -113,6 +113,7 @@ class SyncEngine:
             update={"lookback_days": self.lookback_days}
         )
         self.client.usage.reset()
+        self.applier.resolver.start_run()
         started = time.monotonic()
         try:
             paused = self._budget_pause()
@@ -383,6 +384,11 @@ class SyncEngine:
                 self.store.record_failure(key, item.problem, self.now(), permanent=True)
 
     def _apply(self, action: Action, run: Run, report: SyncReport) -> None:
+        # The planning snapshot leaves the stored content unloaded; read the
+        # whole row now that this booking needs it.
+        fresh = self.store.booking_state(action.key)
+        if fresh is not None:
+            action = replace(action, state=fresh)
         try:
             self.applier.apply(action)
         except (AuthFailed, BudgetExhausted):

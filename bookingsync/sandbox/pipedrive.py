@@ -907,6 +907,13 @@ def _present(kind: str, item: Entity, view: _View) -> Entity:
 # --- Rate limits ------------------------------------------------------------
 
 
+SEARCH_BURST_LIMIT = 10
+
+
+def _is_search(path: str) -> bool:
+    return path.endswith("/search") or "/itemSearch" in path
+
+
 class _BurstWindow:
     """Per-token request allowance in a rolling 2-second window."""
 
@@ -1196,6 +1203,14 @@ class PipedriveEmulator:
         self._clock = clock
         self._utc_now = utc_now
         self._burst = None if burst_limit is None else _BurstWindow(burst_limit, clock)
+        # Pipedrive's rate-limit page gives searches their own allowance of
+        # 10 per 2 seconds on every plan; it applies whenever a burst limit
+        # is set.
+        self._search_burst = (
+            None
+            if burst_limit is None
+            else _BurstWindow(min(SEARCH_BURST_LIMIT, burst_limit), clock)
+        )
         self._budget = (
             None
             if daily_token_budget is None
@@ -1301,10 +1316,11 @@ class PipedriveEmulator:
             # Unknown paths and methods have no documented cost; they are free.
             return self._with_limit_headers(_error_response(request.path, error))
 
-        rejection = self._check_limits(route.cost)
+        is_search = _is_search(request.path)
+        rejection = self._check_limits(route.cost, is_search)
         if rejection is not None:
             return rejection
-        self._charge(request, route.cost)
+        self._charge(request, route.cost, is_search)
 
         try:
             response = route.handler(request, match)
@@ -1341,13 +1357,16 @@ class PipedriveEmulator:
             raise PipedriveApiError(405, message, "ERR_METHOD_NOT_ALLOWED")
         raise _not_found(f"Unknown path {request.path}")
 
-    def _check_limits(self, cost: int) -> Response | None:
+    def _check_limits(self, cost: int, is_search: bool = False) -> Response | None:
         """Return a 429 response when the burst window or daily budget is used up.
 
         Rejected requests cost no tokens and take no slot in the burst window.
         """
         if self._burst is not None and not self._burst.has_room():
             return self._rate_limited(self._burst.seconds_until_free())
+        search = self._search_burst
+        if is_search and search is not None and not search.has_room():
+            return self._rate_limited(search.seconds_until_free())
         if self._budget is not None and not self._budget.can_afford(cost):
             response = self._rate_limited(self._budget.seconds_until_reset())
             # NOTE: reports 0 even when a few tokens are left but fewer than
@@ -1360,9 +1379,11 @@ class PipedriveEmulator:
         headers = {"retry-after": str(retry_after_seconds)}
         return self._with_limit_headers(Response.json(429, RATE_LIMITED_BODY, headers))
 
-    def _charge(self, request: Request, cost: int) -> None:
+    def _charge(self, request: Request, cost: int, is_search: bool = False) -> None:
         if self._burst is not None:
             self._burst.acquire()
+        if is_search and self._search_burst is not None:
+            self._search_burst.acquire()
         if self._budget is not None:
             self._budget.charge(cost)
         self.tokens_spent += cost

@@ -22,7 +22,12 @@ from bookingsync.http import ApiClient, build_timeout, error_detail, retry_after
 from bookingsync.settings import Settings
 
 BURST_WINDOW_SECONDS = 2.0
+SEARCH_BURST_LIMIT = 10
 PAGE_LIMIT = 500
+
+
+def _is_search(path: str) -> bool:
+    return path.endswith("/search") or "/itemSearch" in path
 
 
 def token_cost(method: str, path: str) -> int:
@@ -59,34 +64,71 @@ class Usage:
 
 
 class BurstPacer:
-    """Keep requests under ``limit`` per rolling two-second window."""
+    """Keep requests under ``limit`` per rolling two-second window.
+
+    Searches also count against ``search_limit``: Pipedrive allows 10 search
+    requests per 2 seconds on every plan, whatever the general limit.
+    """
 
     def __init__(
         self,
         limit: int,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        search_limit: int = SEARCH_BURST_LIMIT,
     ) -> None:
         self.limit = limit
+        self.search_limit = min(search_limit, limit)
         self._clock = clock
         self._sleep = sleep
         self._sent: deque[float] = deque()
+        self._searches: deque[float] = deque()
         self._blocked_until = 0.0
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
+    def wait(self, is_search: bool = False) -> None:
+        """Block until a request may go out, and reserve its slot."""
         with self._lock:
             while True:
                 now = self._clock()
-                while self._sent and now - self._sent[0] >= BURST_WINDOW_SECONDS:
-                    self._sent.popleft()
-                delay = self._blocked_until - now
-                if len(self._sent) >= self.limit:
-                    delay = max(delay, self._sent[0] + BURST_WINDOW_SECONDS - now)
+                delay = max(
+                    self._blocked_until - now,
+                    self._delay(self._sent, self.limit, now),
+                    self._delay(self._searches, self.search_limit, now)
+                    if is_search
+                    else 0.0,
+                )
                 if delay <= 0:
                     self._sent.append(now)
+                    if is_search:
+                        self._searches.append(now)
                     return
                 self._sleep(delay)
+
+    @staticmethod
+    def _delay(window: deque[float], limit: int, now: float) -> float:
+        while window and now - window[0] >= BURST_WINDOW_SECONDS:
+            window.popleft()
+        if len(window) < limit:
+            return 0.0
+        return window[0] + BURST_WINDOW_SECONDS - now
+
+    def restamp_last(self, is_search: bool = False) -> None:
+        """Move the last slot to now, when its reply arrived.
+
+        Pipedrive counts a request when it arrives, which is after the slot
+        was reserved here; counting from the reply keeps this window later
+        than the server's, never earlier.
+        """
+        with self._lock:
+            now = self._clock()
+            for window, used in ((self._sent, True), (self._searches, is_search)):
+                if used and window:
+                    window[-1] = max(window[-1], now)
+
+    def window_full(self) -> bool:
+        with self._lock:
+            return self._delay(self._sent, self.limit, self._clock()) > 0
 
     def block_for(self, seconds: float) -> None:
         """Hold every request back for ``seconds`` (the server said to wait)."""
@@ -134,7 +176,7 @@ class PipedriveClient(ApiClient):
         )
 
     def before_request(self, method: str, path: str) -> None:
-        self.pacer.wait()
+        self.pacer.wait(is_search=_is_search(path))
 
     def after_response(self, method: str, path: str, response: httpx.Response) -> None:
         self.usage.requests += 1
@@ -145,8 +187,11 @@ class PipedriveClient(ApiClient):
             self.usage.writes += 1
         elif "/search" in path:
             self.usage.searches += 1
+        self.pacer.restamp_last(is_search=_is_search(path))
         remaining = response.headers.get("x-ratelimit-remaining")
-        if remaining == "0":
+        if remaining == "0" and not self.pacer.window_full():
+            # Our own window has room, so another client spends this token's
+            # allowance too: wait as the server says.
             self.pacer.block_for(retry_after_seconds(response, default=2.0))
         daily = response.headers.get("x-daily-ratelimit-token-remaining")
         if daily is not None and daily.isdigit():
