@@ -248,7 +248,8 @@ def test_daemon_sigusr1_burst_runs_once_and_sigterm_exits_zero(
     finally:
         if daemon.poll() is None:
             daemon.kill()
-        daemon.communicate(timeout=10)
+        _out, err = daemon.communicate(timeout=10)
+        print(err)  # Shown by pytest when the test fails.
 
 
 def test_daemon_job_options_guard_overlap() -> None:

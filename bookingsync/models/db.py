@@ -7,12 +7,19 @@ only when the URL names SQLite; any SQLAlchemy URL works.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlmodel import Session, SQLModel, create_engine
 
 from bookingsync.errors import ConfigurationError
@@ -109,12 +116,28 @@ def _begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+MIGRATE_ATTEMPTS = 5
+
+
 def migrate(engine: Engine) -> None:
     """Create missing tables and record the schema version.
 
     Raises ``ConfigurationError`` when the database is newer than this code,
-    before changing anything in it.
+    before changing anything in it. Two processes opening a new database at
+    once (the daemon and `bookingsync status`) may both try to create the
+    tables; the loser of that race sees them exist and tries again.
     """
+    for attempt in range(1, MIGRATE_ATTEMPTS + 1):
+        try:
+            _migrate_once(engine)
+            return
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            if attempt == MIGRATE_ATTEMPTS or "exist" not in str(exc.orig).lower():
+                raise
+            time.sleep(0.1 * attempt)
+
+
+def _migrate_once(engine: Engine) -> None:
     found = _recorded_schema_version(engine)
     if found is not None and found > SCHEMA_VERSION:
         raise ConfigurationError(
@@ -127,8 +150,9 @@ def migrate(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine)
     if found is None:
         with Session(engine) as session:
-            session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            session.commit()
+            if session.get(Meta, "schema_version") is None:
+                session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                session.commit()
 
 
 def _recorded_schema_version(engine: Engine) -> int | None:
