@@ -86,7 +86,9 @@ class Applier:
     ) -> int | None:
         """Create or update the activity; None when a deletion is final."""
         organization = organization_name(booking.booker, self.settings)
-        resolution = self.resolver.resolve(booking, organization, state)
+        resolution = self.resolver.resolve(
+            booking, organization, state, trust_snapshot=not full
+        )
         desired = activity_fields(booking, resolution.ids, self.settings, organization)
         activity_id = state.activity_id if state else None
         remote = state.remote_state if state else RemoteState.NONE.value

@@ -75,9 +75,31 @@ class Resolver:
         self._open_deals.clear()
 
     def resolve(
-        self, booking: Booking, organization: str | None, state: BookingState | None
+        self,
+        booking: Booking,
+        organization: str | None,
+        state: BookingState | None,
+        trust_snapshot: bool = True,
     ) -> Resolution:
+        """Return the ids the booking's activity refers to.
+
+        With ``trust_snapshot`` false, every id is looked up again even when
+        the snapshot's people are unchanged (after Pipedrive rejected them).
+        """
         owner_id = self.owner_for(booking.host_email)
+        unchanged = (
+            self._unchanged_references(booking, organization, state)
+            if trust_snapshot
+            else None
+        )
+        if unchanged is not None:
+            return Resolution(
+                RemoteIds(
+                    unchanged.person_ids, unchanged.org_id, unchanged.deal_id, owner_id
+                ),
+                Origin.MAPPING,
+                Origin.MAPPING if unchanged.deal_id is not None else None,
+            )
         self._org_created = False
         org_id = self.organization(booking, organization, owner_id)
         person_ids: list[int] = []
@@ -104,6 +126,34 @@ class Resolver:
         )
         ids = RemoteIds(tuple(person_ids), org_id, deal_id, owner_id)
         return Resolution(ids, booker_origin, deal_origin)
+
+    def _unchanged_references(
+        self, booking: Booking, organization: str | None, state: BookingState | None
+    ) -> RemoteIds | None:
+        """Return the snapshot's ids when the booking's people are the same.
+
+        A reschedule or an edit of the title keeps the invitees and the
+        organization, so the ids recorded with the snapshot still apply and
+        no lookup is needed.
+        """
+        content = state.synced() if state is not None else None
+        if state is None or content is None or not state.synced_fingerprint:
+            return None
+        old = Booking.from_content(content)
+        limit = self.settings.max_persons_per_booking
+        same_people = [i.email for i in old.invitees[:limit]] == [
+            i.email for i in booking.invitees[:limit]
+        ]
+        same_org = organization_name(old.booker, self.settings) == organization
+        persons = tuple(state.persons())
+        if not (same_people and same_org) or len(persons) != min(
+            limit, len(booking.invitees)
+        ):
+            return None
+        if self.settings.create_deals and state.deal_id is None:
+            return None
+        deal_id = state.deal_id if self.settings.create_deals else None
+        return RemoteIds(persons, state.org_id, deal_id, None)
 
     def forget_references(self, booking: Booking, state: BookingState | None) -> None:
         """Drop the mapped persons and deal of a booking, to look them up again."""
