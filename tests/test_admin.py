@@ -104,7 +104,9 @@ def test_forget_erases_local_traces(app: App, add_booking: AddBooking) -> None:
     assert result.persons == 1
     assert result.bookings == 1
     assert app.store.person_id("jane.roe@acme.example") is None
-    for state in app.store.booking_states("vyte").values():
+    for planned in app.store.booking_states("vyte").values():
+        state = app.store.booking_state(planned.key)
+        assert state is not None
         assert "jane.roe" not in (state.synced_content or "")
         assert "jane.roe" not in (state.seen_content or "")
 
