@@ -226,9 +226,19 @@ class ApiClient:
                 self.service, method, path, None, f"timed out ({type(exc).__name__})"
             ) from None
         except httpx.TransportError as exc:
-            raise TransientError(
-                self.service, method, path, None, f"{type(exc).__name__}: {exc}"
-            ) from None
+            detail = f"{type(exc).__name__}: {exc}"
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                # A certificate the trusted CAs do not sign will not change on
+                # a retry: stop and point at the setting that fixes it.
+                raise AuthFailed(
+                    self.service,
+                    method,
+                    path,
+                    None,
+                    detail,
+                    credential="BOOKINGSYNC_CA_BUNDLE (the CA certificates trusted)",
+                ) from None
+            raise TransientError(self.service, method, path, None, detail) from None
         self.after_response(method, path, response)
         if response.is_success:
             return self._decode(method, path, response)

@@ -294,6 +294,8 @@ def test_private_ca_missing_fails_with_tls_error(
     assert result.returncode == 4, result.stdout + result.stderr
     assert "Vyte: FAILED" in result.stdout
     assert "CERTIFICATE_VERIFY_FAILED" in result.stdout
+    assert "BOOKINGSYNC_CA_BUNDLE" in result.stdout
+    assert "retrying" not in result.stderr
     assert vyte_tls.requests == []
 
 
