@@ -34,9 +34,8 @@ from bookingsync.daemon.service import (
 from bookingsync.engine.sync import SyncReport
 from bookingsync.models.db import open_engine
 from bookingsync.models.state import SCHEMA_VERSION, Meta, Run
-from bookingsync.sandbox.server import EmulatorServer
 from bookingsync.settings import Settings
-from tests.conftest import PIPEDRIVE_TOKEN, VYTE_KEY
+from tests.conftest import run_cli
 
 AddBooking = Callable[..., dict[str, Any]]
 
@@ -101,23 +100,12 @@ def listener() -> Iterator[NotifyListener]:
 
 @pytest.fixture
 def daemon_env(
-    vyte: EmulatorServer,
-    pipedrive: EmulatorServer,
-    database_url: str,
-    tmp_path: Path,
-    listener: NotifyListener,
+    cli_env: dict[str, str], tmp_path: Path, listener: NotifyListener
 ) -> dict[str, str]:
     """Environment for a daemon subprocess under a stand-in systemd."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKINGSYNC_")}
+    env = dict(cli_env)
     env.update(
         {
-            "BOOKINGSYNC_VYTE_API_KEY": VYTE_KEY,
-            "BOOKINGSYNC_VYTE_BASE_URL": vyte.url,
-            "BOOKINGSYNC_PIPEDRIVE_API_TOKEN": PIPEDRIVE_TOKEN,
-            "BOOKINGSYNC_PIPEDRIVE_BASE_URL": pipedrive.url,
-            "BOOKINGSYNC_DATABASE_URL": database_url,
-            "BOOKINGSYNC_PIPEDRIVE_BURST_LIMIT": "1000",
-            "BOOKINGSYNC_LOOKBACK_DAYS": "100000",
             "BOOKINGSYNC_POLL_INTERVAL": "3600",
             # Keeps the pid file in tmp_path when the database is PostgreSQL.
             "STATE_DIRECTORY": str(tmp_path / "state"),
@@ -128,16 +116,6 @@ def daemon_env(
         }
     )
     return env
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bookingsync", "--config", os.devnull, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def run_count(env: dict[str, str]) -> int:

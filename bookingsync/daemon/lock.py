@@ -15,6 +15,27 @@ from types import TracebackType
 from bookingsync.errors import LockBusy
 
 
+def open_locked(
+    path: Path, wait_seconds: float, poll_seconds: float
+) -> tuple[int, bool]:
+    """Open ``path`` (mode 0600) and try to ``flock`` it for up to ``wait_seconds``.
+
+    Returns the descriptor and whether the lock was taken. On failure the
+    descriptor stays open so the caller can read who holds the lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd, True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return fd, False
+            time.sleep(poll_seconds)
+
+
 class SyncLock:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -22,19 +43,11 @@ class SyncLock:
 
     def acquire(self, wait_seconds: float = 0.0) -> None:
         """Take the lock, waiting up to ``wait_seconds``; raises ``LockBusy``."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = self._holder(fd)
-                    os.close(fd)
-                    raise LockBusy(holder) from None
-                time.sleep(0.2)
+        fd, locked = open_locked(self.path, wait_seconds, poll_seconds=0.2)
+        if not locked:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise LockBusy(holder)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}\n".encode())
         self._fd = fd

@@ -12,11 +12,11 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bookingsync.app import lock_path
+from bookingsync.daemon.lock import open_locked
 from bookingsync.errors import BookingSyncError
 from bookingsync.settings import Settings
 
@@ -56,19 +56,11 @@ class PidFile:
 
         Raises ``DaemonRunning`` when another daemon holds the lock.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    pid = _parse_pid(os.pread(fd, 32, 0))
-                    os.close(fd)
-                    raise DaemonRunning(self.path, pid) from None
-                time.sleep(0.05)
+        fd, locked = open_locked(self.path, wait_seconds, poll_seconds=0.05)
+        if not locked:
+            pid = _parse_pid(os.pread(fd, 32, 0))
+            os.close(fd)
+            raise DaemonRunning(self.path, pid)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
