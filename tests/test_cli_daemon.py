@@ -124,7 +124,7 @@ def test_cli_check_reaches_both_apis(cli_env: dict[str, str]) -> None:
 
 
 def test_cli_check_names_rejected_credential(cli_env: dict[str, str]) -> None:
-    """A wrong Pipedrive token fails `check` and says which setting to fix."""
+    """A wrong Pipedrive token fails `check` and names the setting to fix."""
     cli_env["BOOKINGSYNC_PIPEDRIVE_API_TOKEN"] = "wrong-token-value"
 
     result = run_cli(cli_env, "check")
@@ -282,7 +282,7 @@ def test_cli_bad_database_url_exit_two(cli_env: dict[str, str], url: str) -> Non
 def test_cli_status_without_database_creates_nothing(
     cli_env: dict[str, str], tmp_path: Any
 ) -> None:
-    """`status` on a missing SQLite file says so and creates no file."""
+    """`status` on a missing SQLite file reports it and creates no file."""
     target = tmp_path / "absent" / "state.db"
     cli_env["BOOKINGSYNC_DATABASE_URL"] = f"sqlite:///{target}"
 

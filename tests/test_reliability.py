@@ -210,7 +210,7 @@ def test_timed_out_create_is_not_duplicated(
     pipedrive: EmulatorServer,
     pipedrive_emulator: PipedriveEmulator,
 ) -> None:
-    """A create applied but answered after the read timeout is found, not redone."""
+    """A create applied but replied to after the read timeout is found, not redone."""
     app = make_app(http_read_timeout=0.5)
     pipedrive.faults.add(
         FaultRule(
@@ -613,7 +613,7 @@ def test_explicit_cancellations_pass_the_rail(
 def test_sync_while_locked_exits_three(
     cli_env: dict[str, str], app: App, add_booking: AddBooking
 ) -> None:
-    """A manual sync while another holds the lock says so and exits 3."""
+    """A manual sync while another has the lock reports it and exits 3."""
     add_booking()
     lock: SyncLock = app.lock
     lock.acquire()
@@ -632,7 +632,7 @@ def test_sync_while_locked_exits_three(
 def test_silent_source_times_out(
     make_app: Callable[..., App], add_booking: AddBooking, vyte: EmulatorServer
 ) -> None:
-    """A Vyte that never answers in time stops the run with a timeout error."""
+    """A Vyte that never replies in time stops the run with a timeout error."""
     vyte.faults.add(FaultRule(FaultAction.DELAY_AFTER, delay_seconds=2.0, rate=1.0))
     add_booking()
     app = make_app(http_read_timeout=0.2)

@@ -139,7 +139,7 @@ def test_reschedule_sends_only_changed_fields(
     pipedrive_emulator: PipedriveEmulator,
     monkeypatch: Any,
 ) -> None:
-    """The PATCH body holds the time fields only, not subject or note."""
+    """The PATCH body contains the time fields only, not subject or note."""
     event = add_booking(start=in_days(3, hour=9))
     app.sync()
     sent: list[dict[str, Any]] = []

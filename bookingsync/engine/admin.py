@@ -93,7 +93,7 @@ def forget_email(store: Store, email: str) -> Forgotten:
     The person's mapping is removed, and every stored booking snapshot,
     error and run problem that mentions the address is cleared. Pipedrive
     ids stay, so later polls update the same items instead of creating new
-    ones; a booking that still names the person in the source brings the
+    ones. A booking that still names the person in the source brings the
     data back on its next change.
     """
     email = email.strip().lower()

@@ -125,7 +125,7 @@ def migrate(engine: Engine) -> None:
     Raises ``ConfigurationError`` when the database is newer than this code,
     before changing anything in it. Two processes opening a new database at
     once (the daemon and `bookingsync status`) may both try to create the
-    tables; the loser of that race sees them exist and tries again.
+    tables; the loser of that race finds them and tries again.
     """
     for attempt in range(1, MIGRATE_ATTEMPTS + 1):
         try:

@@ -15,7 +15,7 @@ from enum import StrEnum
 
 
 class FaultAction(StrEnum):
-    STATUS = "status"  # Answer with ``status`` without handling the request.
+    STATUS = "status"  # Reply with ``status`` without handling the request.
     DROP_BEFORE = "drop_before"  # Close the connection; nothing was handled.
     DROP_AFTER = "drop_after"  # Handle the request, then close without a reply.
     DELAY_AFTER = "delay_after"  # Handle it, then wait before replying.
@@ -42,7 +42,7 @@ class FaultRule:
 
 @dataclass(frozen=True)
 class Fault:
-    """What a rule decided for one request."""
+    """The decision of a rule for one request."""
 
     action: FaultAction
     status: int

@@ -24,7 +24,7 @@ from bookingsync.sandbox.faults import FaultAction, FaultPlan
 
 @dataclass(frozen=True)
 class Request:
-    """One HTTP request as an emulator sees it."""
+    """One HTTP request as an emulator receives it."""
 
     method: str
     path: str

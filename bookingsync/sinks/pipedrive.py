@@ -117,7 +117,7 @@ class BurstPacer:
         """Move the last slot to now, when its reply arrived.
 
         Pipedrive counts a request when it arrives, which is after the slot
-        was reserved here; counting from the reply keeps this window later
+        was reserved here. Counting from the reply keeps this window later
         than the server's, never earlier.
         """
         with self._lock:
@@ -131,7 +131,7 @@ class BurstPacer:
             return self._delay(self._sent, self.limit, self._clock()) > 0
 
     def block_for(self, seconds: float) -> None:
-        """Hold every request back for ``seconds`` (the server said to wait)."""
+        """Hold every request back for ``seconds``, as the server requested."""
         with self._lock:
             self._blocked_until = max(self._blocked_until, self._clock() + seconds)
 
@@ -191,7 +191,7 @@ class PipedriveClient(ApiClient):
         remaining = response.headers.get("x-ratelimit-remaining")
         if remaining == "0" and not self.pacer.window_full():
             # Our own window has room, so another client spends this token's
-            # allowance too: wait as the server says.
+            # allowance too: wait as long as the server requests.
             self.pacer.block_for(retry_after_seconds(response, default=2.0))
         daily = response.headers.get("x-daily-ratelimit-token-remaining")
         if daily is not None and daily.isdigit():
@@ -215,7 +215,7 @@ class PipedriveClient(ApiClient):
             self.pacer.block_for(wait)
         is_json = "json" in response.headers.get("content-type", "")
         if status == 403 and not is_json:
-            # Pipedrive's edge answers an account-wide block with an HTML page.
+            # Pipedrive's edge returns an HTML page for an account-wide block.
             return AuthFailed(*args, credential=self.credential)
         return super().translate_status(method, path, response)
 

@@ -36,7 +36,7 @@ class Invalid:
 
 @dataclass
 class Listing:
-    """What one poll of a source returned.
+    """The result of one poll of a source.
 
     ``complete_hosts`` names the host scopes listed in full; ``None`` means the
     whole listing was complete. A booking missing from an incomplete scope is

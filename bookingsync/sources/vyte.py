@@ -220,7 +220,7 @@ class VyteSource:
         return self.parse(raw)
 
     def parse(self, raw: Any) -> Booking | Cancelled | Skipped | Invalid:
-        """Normalize one raw event, or say why it is skipped or invalid."""
+        """Normalize one raw event, or return why it is skipped or invalid."""
         raw = _replace_lone_surrogates(raw)
         event_id = raw.get("_id") if isinstance(raw, dict) else None
         try:
@@ -579,8 +579,8 @@ def local_date(start: datetime, timezone: str) -> str:
     """Return the calendar date of an all-day slot.
 
     NOTE: Vyte does not document how all-day slots are encoded. A start at
-    exactly midnight UTC is read as a UTC date; any other start is a local
-    midnight and is converted to the event's time zone.
+    exactly midnight UTC is read as a UTC date. Any other start is a local
+    midnight, so it is converted to the event's time zone.
     """
     if (start.hour, start.minute, start.second) == (0, 0, 0):
         return start.date().isoformat()
